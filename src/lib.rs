@@ -1,0 +1,22 @@
+//! insitu core: plain Rust that knows nothing of the browser.
+//!
+//! - [`volume`]: volume geometry and file I/O (NIfTI, ...).
+//! - [`preprocess`]: brainchop-compatible conform, intensity normalization, label post-processing.
+//! - [`models`]: the model registry and the loaders for the model file formats.
+//! - [`engine`]: runs a loaded network with burn on the CPU or a GPU.
+//! - [`pipeline`]: file in, segmentation out, with named progress stages.
+//! - [`metrics`]: segmentation quality against reference labels.
+//! - [`assets`]: finds model and sample files in the local mirror (native only).
+
+pub mod engine;
+pub mod metrics;
+pub mod models;
+pub mod pipeline;
+pub mod preprocess;
+pub mod volume;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod assets;
+
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
