@@ -1,6 +1,10 @@
-//! Finds model and sample files: the local mirror first, then the upstream URL.
+//! Finds model and sample files (native only): the local mirror first, then the upstream
+//! URL. Every file is checked against the sha256 the committed registry gives for it.
 
-use std::path::PathBuf;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// Environment variable naming the mirror directory (holding `models/` and `data/`).
 pub const MIRROR_ENV: &str = "INSITU_MIRROR";
@@ -12,4 +16,107 @@ pub fn mirror_dir() -> Option<PathBuf> {
     }
     let default = PathBuf::from("../shared");
     default.is_dir().then_some(default)
+}
+
+/// One file the project needs but never commits.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteFile<'a> {
+    /// `models` or `data`: the mirror's top-level folder.
+    pub collection: &'a str,
+    /// Path inside that folder (also the path under which the app serves it).
+    pub path: &'a str,
+    pub url: &'a str,
+    pub sha256: &'a str,
+}
+
+#[derive(Debug)]
+pub enum AssetError {
+    /// Neither the mirror nor the network had it.
+    Unavailable { path: String, tried: Vec<String> },
+    Checksum { path: String, expected: String, actual: String },
+    Io { path: String, error: String },
+}
+
+impl fmt::Display for AssetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AssetError::Unavailable { path, tried } => {
+                write!(f, "{path}: not found (tried {}); set {MIRROR_ENV} to a mirror directory", tried.join("; "))
+            }
+            AssetError::Checksum { path, expected, actual } => {
+                write!(f, "{path}: sha256 {actual} does not match the registry's {expected}")
+            }
+            AssetError::Io { path, error } => write!(f, "{path}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for AssetError {}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of `file`, verified: from the mirror when it has them, else downloaded.
+pub fn fetch(file: RemoteFile) -> Result<Vec<u8>, AssetError> {
+    let mut tried = Vec::new();
+    if let Some(mirror) = mirror_dir() {
+        let local = mirror.join(file.collection).join(file.path);
+        match std::fs::read(&local) {
+            Ok(bytes) => return verified(file, bytes),
+            Err(e) => tried.push(format!("{}: {e}", local.display())),
+        }
+    } else {
+        tried.push(format!("no mirror (${MIRROR_ENV} unset, ../shared absent)"));
+    }
+    match download(file.url) {
+        Ok(bytes) => verified(file, bytes),
+        Err(e) => {
+            tried.push(format!("{}: {e}", file.url));
+            Err(AssetError::Unavailable { path: file.path.to_string(), tried })
+        }
+    }
+}
+
+/// Copies `file` (verified) to `dest_root/<collection>/<path>`, skipping it when an
+/// identical copy is already there.
+pub fn stage(file: RemoteFile, dest_root: &Path) -> Result<PathBuf, AssetError> {
+    let dest = dest_root.join(file.collection).join(file.path);
+    if let Ok(existing) = std::fs::read(&dest) {
+        if sha256_hex(&existing) == file.sha256 {
+            return Ok(dest);
+        }
+    }
+    let bytes = fetch(file)?;
+    let io = |e: std::io::Error| AssetError::Io { path: dest.display().to_string(), error: e.to_string() };
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    std::fs::write(&dest, bytes).map_err(io)?;
+    Ok(dest)
+}
+
+fn verified(file: RemoteFile, bytes: Vec<u8>) -> Result<Vec<u8>, AssetError> {
+    let actual = sha256_hex(&bytes);
+    if actual != file.sha256 {
+        return Err(AssetError::Checksum {
+            path: file.path.to_string(),
+            expected: file.sha256.to_string(),
+            actual,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Downloads with the system's curl: keeps TLS out of this crate's build.
+fn download(url: &str) -> Result<Vec<u8>, String> {
+    let output = Command::new("curl")
+        .args(["--fail", "--silent", "--show-error", "--location", "--max-time", "120", url])
+        .output()
+        .map_err(|e| format!("cannot run curl: {e}"))?;
+    if output.status.success() {
+        Ok(output.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
 }

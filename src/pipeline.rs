@@ -1,1 +1,274 @@
-//! (in progress)
+//! File in, segmentation out: read → conform → normalize → network → argmax →
+//! largest component → back onto the input's own grid. The same path serves the CLI,
+//! the tests, the benchmarks and the browser.
+
+use crate::engine::{EngineError, PreparedNetwork};
+use crate::models::InputNormalization;
+use crate::preprocess::{self, PreprocessError};
+use crate::volume::{self, LabelMap, Volume, VolumeError};
+use std::fmt;
+
+/// A named step of a run, for progress bars.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Conform,
+    Normalize,
+    /// `done` of `total` layers finished (counted over all slabs).
+    Layer { done: usize, total: usize },
+    Postprocess,
+    Native,
+}
+
+impl Stage {
+    /// Stable machine name (the browser's progress protocol uses it).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Stage::Conform => "conform",
+            Stage::Normalize => "normalize",
+            Stage::Layer { .. } => "layer",
+            Stage::Postprocess => "postprocess",
+            Stage::Native => "native",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SegmentOptions {
+    /// Run the network only on the bounding box of the head (plus a margin) instead of the
+    /// whole conformed 256³ grid: much faster, but not bit-identical to a whole-grid run.
+    pub crop_to_foreground: bool,
+    /// Largest single activation the device may hold (None: unlimited).
+    pub max_tensor_bytes: Option<usize>,
+}
+
+impl Default for SegmentOptions {
+    fn default() -> Self {
+        SegmentOptions { crop_to_foreground: false, max_tensor_bytes: None }
+    }
+}
+
+/// Milliseconds spent in each part of a run.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Timings {
+    pub conform: f64,
+    pub inference: f64,
+    pub native: f64,
+    pub total: f64,
+}
+
+pub struct Segmentation {
+    /// Labels on the model's conformed 256³ 1 mm grid.
+    pub conformed: LabelMap,
+    /// Labels on the input's own grid (overlays the original file).
+    pub native: LabelMap,
+    pub timings: Timings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PipelineError {
+    Read { file: String, error: VolumeError },
+    Preprocess { file: String, error: PreprocessError },
+    Engine { file: String, error: EngineError },
+}
+
+impl fmt::Display for PipelineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PipelineError::Read { file, error } => write!(f, "{file}: {error}"),
+            PipelineError::Preprocess { file, error } => write!(f, "{file}: {error}"),
+            PipelineError::Engine { file, error } => write!(f, "{file}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for PipelineError {}
+
+/// Reads a volume file from bytes; errors name the file.
+pub fn read_volume(bytes: &[u8], file: &str) -> Result<Volume, PipelineError> {
+    volume::read(bytes).map_err(|error| PipelineError::Read { file: file.to_string(), error })
+}
+
+/// Segments `volume` (read from `file`, named in errors). `now` returns milliseconds
+/// from any fixed origin (std's clock is unavailable in the browser).
+pub async fn segment(
+    volume: &Volume,
+    file: &str,
+    normalization: InputNormalization,
+    network: &PreparedNetwork,
+    options: &SegmentOptions,
+    now: &dyn Fn() -> f64,
+    progress: &mut dyn FnMut(Stage),
+) -> Result<Segmentation, PipelineError> {
+    let preprocess_error = |error| PipelineError::Preprocess { file: file.to_string(), error };
+    let start = now();
+    progress(Stage::Conform);
+    let conformed = preprocess::conform(volume).map_err(preprocess_error)?;
+    let grid = conformed.volume.geometry.clone();
+
+    let region = if options.crop_to_foreground {
+        foreground_box(&conformed.volume, CROP_MARGIN)
+    } else {
+        Region::whole(grid.dims)
+    };
+    let region_values = region.extract(&conformed.volume.data, grid.dims);
+    progress(Stage::Normalize);
+    let normalized = normalize(&region_values, normalization);
+    let after_conform = now();
+
+    let region_labels = network
+        .segment(&normalized, region.dims(), options.max_tensor_bytes, &mut |p| {
+            progress(Stage::Layer { done: p.done, total: p.total })
+        })
+        .await
+        .map_err(|error| PipelineError::Engine { file: file.to_string(), error })?;
+    let after_inference = now();
+
+    progress(Stage::Postprocess);
+    let mut labels = vec![0u16; grid.voxel_count()];
+    region.insert(&region_labels, &mut labels, grid.dims);
+    preprocess::keep_largest_component(&mut labels, grid.dims);
+    let conformed_labels = LabelMap { geometry: grid, labels };
+
+    progress(Stage::Native);
+    let native = preprocess::labels_to_native(
+        &conformed_labels,
+        &volume.geometry,
+        &conformed.vox2vox_native_from_conformed,
+    );
+    let end = now();
+    Ok(Segmentation {
+        conformed: conformed_labels,
+        native,
+        timings: Timings {
+            conform: after_conform - start,
+            inference: after_inference - after_conform,
+            native: end - after_inference,
+            total: end - start,
+        },
+    })
+}
+
+/// Margin (voxels) kept around the head when cropping, so the network sees its edge.
+const CROP_MARGIN: usize = 8;
+
+fn normalize(values: &[f32], normalization: InputNormalization) -> Vec<f32> {
+    match normalization {
+        InputNormalization::Quantile2To98 => preprocess::quantile_normalize(values, 0.02, 0.98, 1e-3),
+        InputNormalization::MinMax => {
+            let (lo, hi) = values
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let range = if hi > lo { hi - lo } else { 1.0 };
+            values.iter().map(|&v| (v - lo) / range).collect()
+        }
+    }
+}
+
+/// An axis-aligned box of voxels `start..end` on a grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Region {
+    start: [usize; 3],
+    end: [usize; 3],
+}
+
+impl Region {
+    fn whole(dims: [usize; 3]) -> Region {
+        Region { start: [0; 3], end: dims }
+    }
+
+    fn dims(&self) -> [usize; 3] {
+        [0, 1, 2].map(|a| self.end[a] - self.start[a])
+    }
+
+    fn extract(&self, data: &[f32], dims: [usize; 3]) -> Vec<f32> {
+        let [ri, rj, rk] = self.dims();
+        let mut out = Vec::with_capacity(ri * rj * rk);
+        for k in self.start[2]..self.end[2] {
+            for j in self.start[1]..self.end[1] {
+                let row = (k * dims[1] + j) * dims[0];
+                out.extend_from_slice(&data[row + self.start[0]..row + self.end[0]]);
+            }
+        }
+        out
+    }
+
+    fn insert(&self, values: &[u16], out: &mut [u16], dims: [usize; 3]) {
+        let ri = self.end[0] - self.start[0];
+        let mut src = values.chunks_exact(ri);
+        for k in self.start[2]..self.end[2] {
+            for j in self.start[1]..self.end[1] {
+                let row = (k * dims[1] + j) * dims[0];
+                if let Some(line) = src.next() {
+                    out[row + self.start[0]..row + self.end[0]].copy_from_slice(line);
+                }
+            }
+        }
+    }
+}
+
+/// Bounding box of the non-zero voxels plus `margin`; the whole grid when all are zero.
+fn foreground_box(volume: &Volume, margin: usize) -> Region {
+    let dims = volume.geometry.dims;
+    let mut lo = dims;
+    let mut hi = [0usize; 3];
+    for k in 0..dims[2] {
+        for j in 0..dims[1] {
+            let row = (k * dims[1] + j) * dims[0];
+            for (i, &v) in volume.data[row..row + dims[0]].iter().enumerate() {
+                if v > 0.0 {
+                    for (a, c) in [i, j, k].into_iter().enumerate() {
+                        lo[a] = lo[a].min(c);
+                        hi[a] = hi[a].max(c + 1);
+                    }
+                }
+            }
+        }
+    }
+    if (0..3).any(|a| lo[a] >= hi[a]) {
+        return Region::whole(dims);
+    }
+    Region {
+        start: [0, 1, 2].map(|a| lo[a].saturating_sub(margin)),
+        end: [0, 1, 2].map(|a| (hi[a] + margin).min(dims[a])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::Geometry;
+
+    fn grid(dims: [usize; 3]) -> Geometry {
+        Geometry {
+            dims,
+            spacing: [1.0; 3],
+            affine: [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]],
+            sform_code: 1,
+            qform_code: 1,
+        }
+    }
+
+    #[test]
+    fn foreground_box_extract_and_insert_round_trip() {
+        let dims = [6, 5, 4];
+        let mut data = vec![0.0f32; 120];
+        data[(2 * 5 + 1) * 6 + 3] = 7.0; // (i=3, j=1, k=2)
+        data[(3 * 5 + 2) * 6 + 4] = 9.0; // (i=4, j=2, k=3)
+        let volume = Volume { geometry: grid(dims), data: data.clone() };
+        let region = foreground_box(&volume, 0);
+        assert_eq!(region, Region { start: [3, 1, 2], end: [5, 3, 4] });
+        let values = region.extract(&data, dims);
+        assert_eq!(values.len(), 8);
+        let labels: Vec<u16> = values.iter().map(|&v| v as u16).collect();
+        let mut out = vec![0u16; 120];
+        region.insert(&labels, &mut out, dims);
+        let back: Vec<u16> = data.iter().map(|&v| v as u16).collect();
+        assert_eq!(out, back);
+    }
+
+    #[test]
+    fn empty_volume_keeps_the_whole_grid() {
+        let volume = Volume { geometry: grid([3, 3, 3]), data: vec![0.0; 27] };
+        assert_eq!(foreground_box(&volume, 2), Region::whole([3, 3, 3]));
+    }
+}

@@ -1,1 +1,286 @@
-//! (in progress)
+//! The inference engine: runs a [`Network`] with burn on whichever device it is given
+//! (burn's `flex` CPU backend natively and as the browser fallback, WebGPU in the browser).
+//!
+//! Memory is planned per run: when the largest activation of a pass would exceed the
+//! budget (e.g. a GPU's maximum buffer size), the volume is processed in slabs along its
+//! slowest axis, each slab with a halo as wide as the network's receptive radius, so the
+//! interior of every slab is exactly what a whole-volume pass computes.
+
+mod plan;
+
+pub use plan::{plan_slabs, Slab};
+
+use crate::models::{Activation, AxisOrder, ConvLayer, Network, Normalization};
+use burn::tensor::module::conv3d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{activation, Device, Int, Tensor, TensorData};
+use std::fmt;
+
+/// Why a run failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineError {
+    /// The device failed to execute or read back a tensor.
+    Execution(String),
+    /// The run cannot fit the memory budget even when split into slabs.
+    OutOfBudget(String),
+    /// Input shape and data do not agree.
+    BadInput(String),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Execution(m) => write!(f, "inference failed on the device: {m}"),
+            EngineError::OutOfBudget(m) => write!(f, "not enough device memory: {m}"),
+            EngineError::BadInput(m) => write!(f, "bad network input: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+/// Progress of a run, reported after each finished unit of work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerProgress {
+    /// Layers finished so far, counted over all slabs.
+    pub done: usize,
+    pub total: usize,
+}
+
+/// A network whose weights live on a device, ready to run.
+pub struct PreparedNetwork {
+    device: Device,
+    layers: Vec<PreparedLayer>,
+    receptive_radius: usize,
+    has_global_normalization: bool,
+    widest_layer: usize,
+}
+
+struct PreparedLayer {
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<3>,
+    normalization: PreparedNorm,
+    activation: Activation,
+}
+
+enum PreparedNorm {
+    None,
+    Instance { eps: f32, weight: Option<Tensor<1>>, bias: Option<Tensor<1>> },
+}
+
+impl PreparedNetwork {
+    /// Uploads the weights. Volumes are fed as `[1, 1, k, j, i]` tensors (the NIfTI memory
+    /// order), so kernels of models trained on `(i, j, k)` axes are transposed here once.
+    pub fn new(network: &Network, device: &Device) -> PreparedNetwork {
+        let layers = network
+            .layers
+            .iter()
+            .map(|layer| prepare_layer(layer, network.axis_order, device))
+            .collect();
+        PreparedNetwork {
+            device: device.clone(),
+            layers,
+            receptive_radius: network.receptive_radius(),
+            has_global_normalization: network
+                .layers
+                .iter()
+                .any(|l| !matches!(l.normalization, Normalization::None)),
+            widest_layer: network
+                .layers
+                .iter()
+                .map(|l| l.out_channels.max(l.in_channels))
+                .max()
+                .unwrap_or(1),
+        }
+    }
+
+    pub fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Bytes of the largest activation for a pass over `voxels` voxels (f32).
+    pub fn peak_activation_bytes(&self, voxels: usize) -> usize {
+        voxels.saturating_mul(self.widest_layer).saturating_mul(4)
+    }
+
+    /// Runs the network on a `dims = [ni, nj, nk]` volume (i fastest) and returns the
+    /// argmax label of every voxel, in the same order.
+    ///
+    /// `max_tensor_bytes` bounds the largest single activation (None: no limit). Networks
+    /// with whole-volume normalization cannot be split and fail with `OutOfBudget` instead.
+    pub async fn segment(
+        &self,
+        input: &[f32],
+        dims: [usize; 3],
+        max_tensor_bytes: Option<usize>,
+        progress: &mut dyn FnMut(LayerProgress),
+    ) -> Result<Vec<u16>, EngineError> {
+        let [ni, nj, nk] = dims;
+        let plane = ni * nj;
+        if input.len() != plane * nk || input.is_empty() {
+            return Err(EngineError::BadInput(format!(
+                "{} values for a {ni}x{nj}x{nk} volume",
+                input.len()
+            )));
+        }
+        let max_slab_voxels = max_tensor_bytes.map(|b| b / (4 * self.widest_layer));
+        let slabs = match max_slab_voxels {
+            Some(limit) if limit < plane * nk => {
+                if self.has_global_normalization {
+                    return Err(EngineError::OutOfBudget(format!(
+                        "the model normalizes over the whole volume and needs {} MiB per activation; the device allows {} MiB",
+                        self.peak_activation_bytes(plane * nk) >> 20,
+                        max_tensor_bytes.unwrap_or(0) >> 20
+                    )));
+                }
+                plan_slabs(nk, plane, self.receptive_radius, limit).ok_or_else(|| {
+                    EngineError::OutOfBudget(format!(
+                        "even a single slice with its {}-voxel halo exceeds {} MiB",
+                        self.receptive_radius,
+                        max_tensor_bytes.unwrap_or(0) >> 20
+                    ))
+                })?
+            }
+            _ => vec![Slab { input_start: 0, input_end: nk, output_start: 0, output_end: nk }],
+        };
+
+        let total = slabs.len() * self.layers.len();
+        let mut done = 0;
+        let mut labels = Vec::with_capacity(input.len());
+        for slab in &slabs {
+            let depth = slab.input_end - slab.input_start;
+            let values = input[slab.input_start * plane..slab.input_end * plane].to_vec();
+            let mut x = Tensor::<5>::from_data(TensorData::new(values, [1, 1, depth, nj, ni]), &self.device);
+            for layer in &self.layers {
+                x = layer.forward(x);
+                // Wait for the layer so progress means finished work, not queued work.
+                self.wait_for(&x).await?;
+                done += 1;
+                progress(LayerProgress { done, total });
+            }
+            let keep = x.narrow(2, slab.output_start - slab.input_start, slab.output_end - slab.output_start);
+            labels.extend(argmax_labels(keep).await?);
+        }
+        Ok(labels)
+    }
+
+    /// Blocks (asynchronously) until `x` is computed, by reading back a single element.
+    async fn wait_for(&self, x: &Tensor<5>) -> Result<(), EngineError> {
+        let one = x.clone().slice([0..1, 0..1, 0..1, 0..1, 0..1]);
+        one.into_data_async()
+            .await
+            .map(|_| ())
+            .map_err(|e| EngineError::Execution(format!("{e:?}")))
+    }
+}
+
+impl PreparedLayer {
+    fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let x = conv3d(x, self.weight.clone(), self.bias.clone(), self.options.clone());
+        let x = match &self.normalization {
+            PreparedNorm::None => x,
+            PreparedNorm::Instance { eps, weight, bias } => instance_norm(x, *eps, weight, bias),
+        };
+        match self.activation {
+            Activation::None => x,
+            Activation::Relu => activation::relu(x),
+            // ELU with alpha 1, as tinygrad and Keras define it.
+            Activation::Elu => x.clone().clamp_min(0.0) + (x.clamp_max(0.0).exp() - 1.0),
+            // tinygrad's gelu is the tanh approximation; brainchop's models were run with it.
+            Activation::Gelu => activation::gelu_approximate(x),
+        }
+    }
+}
+
+/// Per-channel normalization over all positions (GroupNorm with one channel per group).
+fn instance_norm(x: Tensor<5>, eps: f32, weight: &Option<Tensor<1>>, bias: &Option<Tensor<1>>) -> Tensor<5> {
+    let [b, c, d, h, w] = x.dims();
+    let flat = x.reshape([b, c, d * h * w]);
+    let mean = flat.clone().mean_dim(2);
+    let centered = flat - mean;
+    let var = centered.clone().square().mean_dim(2);
+    let mut y = centered / (var + eps as f64).sqrt();
+    if let Some(weight) = weight {
+        y = y * weight.clone().reshape([1, c, 1]);
+    }
+    if let Some(bias) = bias {
+        y = y + bias.clone().reshape([1, c, 1]);
+    }
+    y.reshape([b, c, d, h, w])
+}
+
+async fn argmax_labels(logits: Tensor<5>) -> Result<Vec<u16>, EngineError> {
+    let indices: Tensor<5, Int> = logits.argmax(1);
+    let data = indices
+        .into_data_async()
+        .await
+        .map_err(|e| EngineError::Execution(format!("{e:?}")))?;
+    let values = data
+        .try_into_vec_as::<i64>()
+        .map_err(|e| EngineError::Execution(format!("argmax readback: {e:?}")))?;
+    Ok(values.into_iter().map(|v| v as u16).collect())
+}
+
+fn prepare_layer(layer: &ConvLayer, axis_order: AxisOrder, device: &Device) -> PreparedLayer {
+    let k = layer.kernel_size;
+    let weight = match axis_order {
+        AxisOrder::Kji => layer.weight.clone(),
+        AxisOrder::Ijk => transpose_kernel(&layer.weight, layer.out_channels * layer.in_channels, k),
+    };
+    let weight = Tensor::<5>::from_data(
+        TensorData::new(weight, [layer.out_channels, layer.in_channels, k, k, k]),
+        device,
+    );
+    let vector = |v: &Vec<f32>| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device);
+    let normalization = match &layer.normalization {
+        Normalization::None => PreparedNorm::None,
+        Normalization::Instance { eps, weight, bias } => PreparedNorm::Instance {
+            eps: *eps,
+            weight: weight.as_ref().map(vector),
+            bias: bias.as_ref().map(vector),
+        },
+    };
+    let p = layer.padding;
+    PreparedLayer {
+        weight,
+        bias: layer.bias.as_ref().map(vector),
+        options: ConvOptions::new([1, 1, 1], [p, p, p], [layer.dilation; 3], 1),
+        normalization,
+        activation: layer.activation,
+    }
+}
+
+/// Swaps the first and last kernel axes of `[filters, k, k, k]` weights: a kernel trained
+/// on (i, j, k) tensors applied to (k, j, i) tensors.
+fn transpose_kernel(weight: &[f32], filters: usize, k: usize) -> Vec<f32> {
+    let kk = k * k * k;
+    let mut out = vec![0.0; weight.len()];
+    for f in 0..filters {
+        let src = &weight[f * kk..(f + 1) * kk];
+        let dst = &mut out[f * kk..(f + 1) * kk];
+        for a in 0..k {
+            for b in 0..k {
+                for c in 0..k {
+                    dst[(c * k + b) * k + a] = src[(a * k + b) * k + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transposing_a_kernel_twice_is_the_identity() {
+        let w: Vec<f32> = (0..2 * 27).map(|v| v as f32).collect();
+        let t = transpose_kernel(&w, 2, 3);
+        assert_ne!(t, w);
+        assert_eq!(transpose_kernel(&t, 2, 3), w);
+        // element (a=0, b=1, c=2) moves to (2, 1, 0)
+        assert_eq!(t[2 * 9 + 3], w[5]);
+    }
+}

@@ -92,6 +92,17 @@ impl Network {
     }
 }
 
+/// How a model expects the conformed intensities to be scaled before the first layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum InputNormalization {
+    /// brainchop-cli's `qnormalize`: (x - q2%) / (q98% - q2% + 1e-3), clipped to [0, 1].
+    #[serde(rename = "quantile-2-98")]
+    Quantile2To98,
+    /// (x - min) / (max - min).
+    #[serde(rename = "min-max")]
+    MinMax,
+}
+
 /// Model files by name (e.g. "model.json", "model.bin"), as bytes.
 pub type ModelFiles = BTreeMap<String, Vec<u8>>;
 

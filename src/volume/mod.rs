@@ -7,6 +7,11 @@ pub use geometry::Geometry;
 
 use std::fmt;
 
+/// Reads a volume file of any supported format from its bytes.
+pub fn read(bytes: &[u8]) -> Result<Volume, VolumeError> {
+    nifti::read_nifti(bytes)
+}
+
 /// A scalar 3-D image: intensities in physical units (scl_slope/scl_inter applied).
 #[derive(Clone, Debug)]
 pub struct Volume {
@@ -74,3 +79,30 @@ impl fmt::Display for VolumeError {
 }
 
 impl std::error::Error for VolumeError {}
+
+/// The sub-volume `start .. start + size` (voxel indices), with the affine moved so every
+/// kept voxel stays where it was in world space.
+pub fn crop(volume: &Volume, start: [usize; 3], size: [usize; 3]) -> Result<Volume, VolumeError> {
+    let dims = volume.geometry.dims;
+    for a in 0..3 {
+        if size[a] == 0 || start[a].checked_add(size[a]).is_none_or(|end| end > dims[a]) {
+            return Err(VolumeError::BadHeader(format!(
+                "crop box start {start:?} size {size:?} does not fit inside dims {dims:?}"
+            )));
+        }
+    }
+    let mut data = Vec::with_capacity(size.iter().product());
+    for k in start[2]..start[2] + size[2] {
+        for j in start[1]..start[1] + size[1] {
+            let row = (k * dims[1] + j) * dims[0];
+            data.extend_from_slice(&volume.data[row + start[0]..row + start[0] + size[0]]);
+        }
+    }
+    let mut geometry = volume.geometry.clone();
+    let origin = geometry.voxel_to_world([start[0] as f64, start[1] as f64, start[2] as f64]);
+    for (r, o) in origin.iter().enumerate() {
+        geometry.affine[r][3] = *o;
+    }
+    geometry.dims = size;
+    Ok(Volume { geometry, data })
+}

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# One command: set up, build and serve insitu on http://127.0.0.1:${PORT:-8080}
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+exec node scripts/serve.mjs dist "${PORT:-8080}"

@@ -1,0 +1,92 @@
+#!/usr/bin/env node
+// Tiny dependency-free static server for the built page (dist/) on 127.0.0.1.
+//
+//   node scripts/serve.mjs [port] [root]      (or PORT=8080 node scripts/serve.mjs)
+//
+// Port 0 picks a free port. Prints "insitu: serving <root> at http://127.0.0.1:<port>/"
+// once listening (the browser test reads that line). GET/HEAD only, no directory listing.
+import { createServer } from 'node:http';
+import { createReadStream, existsSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { extname, join, resolve, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const MIME = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.json': 'application/json; charset=utf-8',
+  '.map': 'application/json; charset=utf-8',
+  '.wasm': 'application/wasm',
+  '.png': 'image/png',
+  '.jpg': 'image/jpeg',
+  '.svg': 'image/svg+xml',
+  '.ico': 'image/x-icon',
+  '.txt': 'text/plain; charset=utf-8',
+  '.md': 'text/plain; charset=utf-8',
+  // Volumes and model weights: opaque bytes. `.gz` must not get Content-Encoding: gzip,
+  // or the browser would inflate the .nii.gz before the app sees it.
+  '.gz': 'application/octet-stream',
+  '.nii': 'application/octet-stream',
+  '.mgz': 'application/octet-stream',
+  '.bin': 'application/octet-stream',
+  '.pth': 'application/octet-stream',
+  '.onnx': 'application/octet-stream',
+};
+
+const here = fileURLToPath(new URL('.', import.meta.url));
+const port = Number(process.argv[2] ?? process.env.PORT ?? 8080);
+const root = resolve(process.argv[3] ?? join(here, '..', 'dist'));
+
+if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  console.error(`insitu: bad port ${JSON.stringify(process.argv[2] ?? process.env.PORT)}`);
+  process.exit(2);
+}
+
+if (!existsSync(join(root, 'index.html'))) {
+  console.error(`insitu: ${root}/index.html not found: build the page first (npm run build)`);
+  process.exit(1);
+}
+
+function send(res, status, text) {
+  res.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' });
+  res.end(`${status} ${text}\n`);
+}
+
+const server = createServer(async (req, res) => {
+  if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, 'Method Not Allowed');
+  let path;
+  try {
+    path = decodeURIComponent(new URL(req.url, 'http://localhost').pathname);
+  } catch {
+    return send(res, 400, 'Bad Request');
+  }
+  if (path.endsWith('/')) path += 'index.html';
+  const file = resolve(root, '.' + path);
+  if (file !== root && !file.startsWith(root + sep)) return send(res, 403, 'Forbidden');
+  let info;
+  try {
+    info = await stat(file);
+  } catch {
+    return send(res, 404, 'Not Found');
+  }
+  if (!info.isFile()) return send(res, 404, 'Not Found'); // no directory listing
+  res.writeHead(200, {
+    'Content-Type': MIME[extname(file).toLowerCase()] ?? 'application/octet-stream',
+    'Content-Length': info.size,
+    'Cache-Control': 'no-cache',
+    'X-Content-Type-Options': 'nosniff',
+  });
+  if (req.method === 'HEAD') return res.end();
+  createReadStream(file)
+    .on('error', () => res.destroy())
+    .pipe(res);
+});
+
+server.listen(port, '127.0.0.1', () => {
+  const { port: actual } = server.address();
+  console.log(`insitu: serving ${root} at http://127.0.0.1:${actual}/`);
+});
+
+for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => process.exit(0));

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One command: set up, build, and run every test (Rust, then the browser).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+printf '\n== Rust tests\n' >&2
+cargo test --no-fail-fast
+
+printf '\n== browser tests\n' >&2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# A small crop keeps the WebGPU run fast on software adapters.
+target/debug/insitu convert dist/assets/data/t1_crop.nii.gz -o "$work/small.nii.gz" --crop 100,100,100,48,48,48
+target/debug/insitu segment --model tissue_fast --crop "$work/small.nii.gz" -o "$work/expected.nii.gz"
+INSITU_TEST_VOLUME="$work/small.nii.gz" INSITU_TEST_EXPECTED="$work/expected.nii.gz" \
+  node --test tests/browser/

@@ -1,0 +1,143 @@
+//! Whole-pipeline fidelity: our labels against the brainchop CLI's own output (files in
+//! ../shared/data/reference, produced by PyPI brainchop 0.2.5 with tinygrad on the CPU).
+
+mod common;
+
+use insitu::assets::{self, RemoteFile};
+use insitu::engine::PreparedNetwork;
+use insitu::models::{self, ModelFiles, Registry};
+use insitu::pipeline::{self, SegmentOptions, Segmentation};
+use insitu::volume::{nifti, LabelMap};
+use std::time::Instant;
+
+fn segment_file(model_id: &str, input: &std::path::Path, options: &SegmentOptions) -> Segmentation {
+    let entry = Registry::builtin().get(model_id).expect("model in registry");
+    let mut files = ModelFiles::new();
+    for file in &entry.files {
+        let bytes = assets::fetch(RemoteFile {
+            collection: "models",
+            path: &file.path,
+            url: &file.url,
+            sha256: &file.sha256,
+        })
+        .expect("model file from the mirror");
+        files.insert(file.name.clone(), bytes);
+    }
+    let network = models::load_network(&files).expect("model loads");
+    let prepared = PreparedNetwork::new(&network, &burn::tensor::Device::flex());
+    let bytes = std::fs::read(input).expect("input file");
+    let name = input.display().to_string();
+    let volume = pipeline::read_volume(&bytes, &name).expect("input reads");
+    let clock = Instant::now();
+    let now = || clock.elapsed().as_secs_f64() * 1000.0;
+    pollster::block_on(pipeline::segment(
+        &volume,
+        &name,
+        entry.input.normalization,
+        &prepared,
+        options,
+        &now,
+        &mut |_| {},
+    ))
+    .expect("segmentation runs")
+}
+
+fn read_labels(path: &std::path::Path) -> LabelMap {
+    let volume = nifti::read_nifti(&std::fs::read(path).expect("reference file")).expect("reference reads");
+    LabelMap::from_volume(&volume).expect("reference holds labels")
+}
+
+/// Fraction of voxels with equal labels, and Dice per label present in either map.
+fn agreement(ours: &LabelMap, reference: &LabelMap) -> (f64, Vec<(u16, f64)>) {
+    assert_eq!(ours.geometry.dims, reference.geometry.dims);
+    let n = ours.labels.len();
+    let same = ours.labels.iter().zip(&reference.labels).filter(|(a, b)| a == b).count();
+    let max = ours.max_label().max(reference.max_label()) as usize;
+    let (mut both, mut a_count, mut b_count) = (vec![0u64; max + 1], vec![0u64; max + 1], vec![0u64; max + 1]);
+    for (&a, &b) in ours.labels.iter().zip(&reference.labels) {
+        a_count[a as usize] += 1;
+        b_count[b as usize] += 1;
+        if a == b {
+            both[a as usize] += 1;
+        }
+    }
+    let dice = (0..=max)
+        .filter(|&l| a_count[l] + b_count[l] > 0)
+        .map(|l| (l as u16, 2.0 * both[l] as f64 / (a_count[l] + b_count[l]) as f64))
+        .collect();
+    (same as f64 / n as f64, dice)
+}
+
+fn assert_matches_reference(model_id: &str, reference: &str) {
+    let input = common::data("t1_crop.nii.gz");
+    let clock = Instant::now();
+    let result = segment_file(model_id, &input, &SegmentOptions::default());
+    let reference = read_labels(&common::data(reference));
+    let (agree, dice) = agreement(&result.conformed, &reference);
+    let worst = dice.iter().cloned().fold((0, 1.0f64), |w, d| if d.1 < w.1 { d } else { w });
+    eprintln!(
+        "{model_id}: {:.4} % voxels agree with {reference:?}, {} labels, worst Dice {:.5} (label {}), mean Dice {:.5}, {:.1} s",
+        100.0 * agree,
+        dice.len(),
+        worst.1,
+        worst.0,
+        dice.iter().map(|d| d.1).sum::<f64>() / dice.len() as f64,
+        clock.elapsed().as_secs_f64()
+    );
+    assert!(agree >= 0.999, "{model_id}: only {:.4} % of voxels agree", 100.0 * agree);
+    for (label, d) in &dice {
+        assert!(*d >= 0.995, "{model_id}: label {label} Dice {d:.5} < 0.995");
+    }
+    // The input is already on the conformed grid, so native-space output must coincide.
+    assert_eq!(result.native.geometry.dims, result.conformed.geometry.dims);
+    let (native_agree, _) = agreement(&result.native, &result.conformed);
+    assert_eq!(native_agree, 1.0, "{model_id}: native output differs from conformed on an identity grid");
+}
+
+#[test]
+fn tissue_fast_matches_brainchop_cli() {
+    assert_matches_reference("tissue_fast", "reference/t1_crop_tissue_fast.nii.gz");
+}
+
+#[test]
+fn dkatlas_matches_brainchop_cli() {
+    assert_matches_reference("DKatlas", "reference/t1_crop_DKatlas.nii.gz");
+}
+
+#[test]
+fn mindgrab_matches_brainchop_cli() {
+    assert_matches_reference("mindgrab", "reference/t1_crop_mindgrab_mask.nii.gz");
+}
+
+/// A volume on a different grid (a crop, so off-centre and smaller than 256³) comes back
+/// on its own grid, with its own affine, and the labels land where the head is.
+#[test]
+fn native_space_output_overlays_the_input() {
+    let full = nifti::read_nifti(&std::fs::read(common::data("t1_crop.nii.gz")).unwrap()).unwrap();
+    let small = insitu::volume::crop(&full, [90, 80, 70], [80, 96, 112]).unwrap();
+    let dir = std::env::temp_dir().join(format!("insitu-pipeline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("crop.nii.gz");
+    std::fs::write(&path, nifti::write_volume(&small, true)).unwrap();
+
+    let result = segment_file("tissue_fast", &path, &SegmentOptions { crop_to_foreground: true, max_tensor_bytes: None });
+    assert_eq!(result.native.geometry.dims, small.geometry.dims);
+    for r in 0..3 {
+        for c in 0..4 {
+            assert!((result.native.geometry.affine[r][c] - small.geometry.affine[r][c]).abs() < 1e-4);
+        }
+    }
+    // Against the whole-volume reference cut to the same box: the crop changes the
+    // network's context, so demand broad (not exact) agreement inside the brain.
+    let reference = read_labels(&common::data("reference/t1_crop_tissue_fast.nii.gz"));
+    let reference_volume = insitu::volume::Volume {
+        geometry: reference.geometry.clone(),
+        data: reference.labels.iter().map(|&l| l as f32).collect(),
+    };
+    let expected = insitu::volume::crop(&reference_volume, [90, 80, 70], [80, 96, 112]).unwrap();
+    let expected = LabelMap::from_volume(&expected).unwrap();
+    let (agree, dice) = agreement(&result.native, &expected);
+    eprintln!("cropped input, native grid: {:.2} % agree with the reference, Dice {dice:?}", 100.0 * agree);
+    assert!(agree > 0.9, "only {:.2} % agree", 100.0 * agree);
+    std::fs::remove_dir_all(&dir).ok();
+}
