@@ -1,1 +1,197 @@
-//! (in progress)
+//! The committed model registry (`registry.json`, compiled in): which models exist, their
+//! files with upstream URLs and sha256, their labels and the input they expect.
+//!
+//! `registry.json` is generated from the model mirror by
+//! `tests/fixtures/models/make_registry.py`; `tests/models.rs` checks it against the files.
+
+use super::{InputNormalization, ModelError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::sync::OnceLock;
+
+/// Which loader reads a model's files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelFormat {
+    /// brainchop-cli: `model.json` MeshNet config + `model.pth` (or `model.bin`).
+    #[serde(rename = "meshnet-json")]
+    MeshnetJson,
+    /// TF.js layers-model: `model.json` + weight shards (brainchop web app).
+    #[serde(rename = "tfjs-layers")]
+    TfjsLayers,
+}
+
+/// How the input volume is resampled before the model sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Conform {
+    /// brainchop's conform (niimath `-conform`): 256³, 1 mm isotropic, uint8 intensities.
+    #[serde(rename = "brainchop-256-1mm")]
+    Brainchop256Mm1,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Label {
+    pub value: u16,
+    pub name: String,
+    pub rgb: [u8; 3],
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInput {
+    pub conform: Conform,
+    /// What the pipeline applies.
+    pub normalization: InputNormalization,
+    /// What the reference implementations do, for the record (free text).
+    #[serde(default)]
+    pub upstream_normalization: String,
+}
+
+/// One file of a model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelFile {
+    /// The name the loaders look it up by (`model.json`, `model.pth`, `model.bin`).
+    pub name: String,
+    /// Path under the mirror's `models/` directory (and under the app's `assets/models/`).
+    pub path: String,
+    pub url: String,
+    /// Lower-case hex.
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelEntry {
+    pub id: String,
+    pub name: String,
+    pub task: String,
+    pub description: String,
+    pub format: ModelFormat,
+    #[serde(default)]
+    pub default: bool,
+    /// Output classes (labels 0..classes).
+    pub classes: usize,
+    /// Weights and biases the network uses.
+    pub parameters: usize,
+    pub labels: Vec<Label>,
+    /// Where the label names and colours come from (a colormap file, or "derived: ...").
+    pub labels_source: String,
+    pub input: ModelInput,
+    pub files: Vec<ModelFile>,
+}
+
+impl ModelEntry {
+    pub fn file(&self, name: &str) -> Option<&ModelFile> {
+        self.files.iter().find(|f| f.name == name)
+    }
+
+    /// Checks `bytes` against the registry's sha256 for the file called `name`.
+    pub fn verify(&self, name: &str, bytes: &[u8]) -> Result<(), ModelError> {
+        let file = self.file(name).ok_or_else(|| {
+            ModelError::MissingFile(format!("model {} has no file named {name}", self.id))
+        })?;
+        let actual: String = Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if actual != file.sha256.to_ascii_lowercase() {
+            return Err(ModelError::ChecksumMismatch {
+                file: format!("{} ({})", file.name, file.path),
+                expected: file.sha256.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A sample input volume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// Path under the mirror's `data/` directory.
+    pub path: String,
+    pub url: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// Where the model files come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Upstream {
+    pub repository: String,
+    pub commit: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Registry {
+    pub upstream: Upstream,
+    pub models: Vec<ModelEntry>,
+    #[serde(default)]
+    pub samples: Vec<Sample>,
+}
+
+const BUILTIN: &str = include_str!("registry.json");
+
+impl Registry {
+    /// The registry compiled into this build.
+    pub fn builtin() -> &'static Registry {
+        static REGISTRY: OnceLock<Registry> = OnceLock::new();
+        REGISTRY.get_or_init(|| {
+            Registry::from_json(BUILTIN).unwrap_or_else(|e| panic!("src/models/registry.json: {e}"))
+        })
+    }
+
+    /// Parses and checks a registry (ids unique, exactly one default, labels cover the classes).
+    pub fn from_json(json: &str) -> Result<Registry, ModelError> {
+        let registry: Registry = serde_json::from_str(json)
+            .map_err(|e| ModelError::BadFormat(format!("registry: {e}")))?;
+        let fail = |m: String| Err(ModelError::BadFormat(format!("registry: {m}")));
+        for (i, m) in registry.models.iter().enumerate() {
+            if registry.models[..i].iter().any(|o| o.id == m.id) {
+                return fail(format!("duplicate model id {}", m.id));
+            }
+            if !m.files.iter().any(|f| f.name == "model.json") {
+                return fail(format!("model {} has no model.json", m.id));
+            }
+            let mut values: Vec<u16> = m.labels.iter().map(|l| l.value).collect();
+            values.sort_unstable();
+            if values != (0..m.classes as u16).collect::<Vec<_>>() {
+                return fail(format!(
+                    "model {}: labels must be 0..{} once each",
+                    m.id, m.classes
+                ));
+            }
+        }
+        let defaults = registry.models.iter().filter(|m| m.default).count();
+        if defaults != 1 {
+            return fail(format!(
+                "{defaults} models are marked default; exactly one must be"
+            ));
+        }
+        Ok(registry)
+    }
+
+    pub fn models(&self) -> &[ModelEntry] {
+        &self.models
+    }
+
+    pub fn samples(&self) -> &[Sample] {
+        &self.samples
+    }
+
+    pub fn get(&self, id: &str) -> Result<&ModelEntry, ModelError> {
+        self.models.iter().find(|m| m.id == id).ok_or_else(|| {
+            let known: Vec<&str> = self.models.iter().map(|m| m.id.as_str()).collect();
+            ModelError::UnknownModel(format!("{id} (known: {})", known.join(", ")))
+        })
+    }
+
+    /// The model marked `default` (tissue_fast).
+    pub fn default_model(&self) -> &ModelEntry {
+        self.models
+            .iter()
+            .find(|m| m.default)
+            .expect("the registry has a default model")
+    }
+}
