@@ -64,9 +64,13 @@ async fn gpu() -> Result<std::rc::Rc<Gpu>, String> {
     let fallback = info.device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu;
     let gpu = std::rc::Rc::new(Gpu {
         device,
-        adapter: format!("{}{}", info.name, if fallback { " (fallback adapter)" } else { "" }),
+        adapter: format!(
+            "{}{}",
+            if info.name.is_empty() { "WebGPU adapter" } else { info.name.as_str() },
+            if fallback { " (fallback adapter)" } else { "" }
+        ),
         fallback,
-        max_buffer_bytes: limits.max_storage_buffer_binding_size.min(limits.max_buffer_size as u32 as u64) as usize,
+        max_buffer_bytes: limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) as usize,
     });
     GPU.with(|g| *g.borrow_mut() = Some(gpu.clone()));
     Ok(gpu)

@@ -68,15 +68,15 @@ fn agreement(ours: &LabelMap, reference: &LabelMap) -> (f64, Vec<(u16, f64)>) {
     (same as f64 / n as f64, dice)
 }
 
-fn assert_matches_reference(model_id: &str, reference: &str) {
+fn assert_matches_reference(model_id: &str, reference_file: &str) {
     let input = common::data("t1_crop.nii.gz");
     let clock = Instant::now();
     let result = segment_file(model_id, &input, &SegmentOptions::default());
-    let reference = read_labels(&common::data(reference));
+    let reference = read_labels(&common::data(reference_file));
     let (agree, dice) = agreement(&result.conformed, &reference);
     let worst = dice.iter().cloned().fold((0, 1.0f64), |w, d| if d.1 < w.1 { d } else { w });
     eprintln!(
-        "{model_id}: {:.4} % voxels agree with {reference:?}, {} labels, worst Dice {:.5} (label {}), mean Dice {:.5}, {:.1} s",
+        "{model_id}: {:.4} % voxels agree with {reference_file}, {} labels, worst Dice {:.5} (label {}), mean Dice {:.5}, {:.1} s",
         100.0 * agree,
         dice.len(),
         worst.1,
