@@ -151,7 +151,8 @@ pub async fn segment(
 /// Margin (voxels) kept around the head when cropping, so the network sees its edge.
 const CROP_MARGIN: usize = 8;
 
-fn normalize(values: &[f32], normalization: InputNormalization) -> Vec<f32> {
+/// Scales conformed intensities the way the model expects.
+pub fn normalize(values: &[f32], normalization: InputNormalization) -> Vec<f32> {
     match normalization {
         InputNormalization::Quantile2To98 => preprocess::quantile_normalize(values, 0.02, 0.98, 1e-3),
         InputNormalization::MinMax => {

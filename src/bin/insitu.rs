@@ -5,7 +5,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use insitu::assets;
 use insitu::engine::PreparedNetwork;
 use insitu::models::{self, ModelEntry, ModelFiles, Registry};
-use insitu::pipeline::{self, SegmentOptions, Stage};
+use insitu::metrics::{self, EvalOptions, LabelMapping, Report};
+use insitu::pipeline::{self, SegmentOptions, Segmentation, Stage};
 use insitu::volume::{nifti, LabelMap, Volume};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,41 @@ enum Command {
         #[arg(long, value_parser = parse_box)]
         crop: Option<[usize; 6]>,
     },
+    /// Evaluate a segmentation against reference labels (Dice, IoU, HD95, ASSD, NSD, volumes),
+    /// or a model over a cohort: `--model ID --images DIR --labels DIR -o report.csv`.
+    Eval {
+        /// Predicted label map.
+        #[arg(long, required_unless_present = "model", conflicts_with_all = ["images", "labels_dir"])]
+        pred: Option<PathBuf>,
+        /// Reference label map.
+        #[arg(long = "ref", required_unless_present = "model")]
+        reference: Option<PathBuf>,
+        /// Label mapping: a JSON file `{"name", "pairs": [{"model", "reference": [..], "name"}]}` or a preset
+        /// (freesurfer_to_tissue_fast, freesurfer_to_subcortical).
+        #[arg(long)]
+        map: Option<String>,
+        /// NSD tolerance in mm.
+        #[arg(long, default_value_t = insitu::metrics::DEFAULT_TOLERANCE_MM)]
+        tolerance_mm: f64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Cohort mode: segment every image with this model and evaluate it.
+        #[arg(long, requires_all = ["images", "labels_dir", "output"])]
+        model: Option<String>,
+        /// Cohort mode: directory of input volumes.
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Cohort mode: directory of reference label maps, matched to images by file name.
+        #[arg(long = "labels")]
+        labels_dir: Option<PathBuf>,
+        /// Cohort mode: CSV report.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Cohort mode: run the network on the head's bounding box only.
+        #[arg(long)]
+        crop: bool,
+    },
     /// Copy (or download) the registry's model and sample files into a directory, verified by sha256.
     Fetch {
         /// Destination; files land in <dest>/models/... and <dest>/data/...
@@ -98,6 +134,22 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info { input } => info(&input),
         Command::Convert { input, output, crop } => convert(&input, &output, crop),
         Command::Fetch { dest, models } => fetch(&dest, &models),
+        Command::Eval { pred, reference, map, tolerance_mm, json, model, images, labels_dir, output, crop } => {
+            let mapping = map.as_deref().map(load_mapping).transpose()?;
+            let options = EvalOptions { tolerance_mm, labels: None };
+            match (model, images, labels_dir, output) {
+                (Some(model), Some(images), Some(labels), Some(output)) => {
+                    eval_cohort(&model, &images, &labels, &output, mapping.as_ref(), &options, crop)
+                }
+                _ => eval_pair(
+                    pred.as_deref().ok_or_else(|| anyhow!("--pred is required"))?,
+                    reference.as_deref().ok_or_else(|| anyhow!("--ref is required"))?,
+                    mapping.as_ref(),
+                    &options,
+                    json,
+                ),
+            }
+        }
     }
 }
 
@@ -162,31 +214,8 @@ fn segment(
         None => registry.default_model(),
     };
     let volume = read_input(input)?;
-    let network = models::load_network(&model_files(entry)?)
-        .with_context(|| format!("model {}", entry.id))?;
-    let device = device(choice)?;
-    let prepared = PreparedNetwork::new(&network, &device);
-    let options = SegmentOptions { crop_to_foreground: crop, max_tensor_bytes: None };
-    let clock = Instant::now();
-    let now = || clock.elapsed().as_secs_f64() * 1000.0;
-    let mut progress = |stage: Stage| {
-        let text = match stage {
-            Stage::Layer { done, total } => format!("\rlayer {done}/{total}   "),
-            other => format!("\r{:<14}", other.name()),
-        };
-        eprint!("{text}");
-        let _ = std::io::stderr().flush();
-    };
-    let name = input.display().to_string();
-    let result = pollster::block_on(pipeline::segment(
-        &volume,
-        &name,
-        entry.input.normalization,
-        &prepared,
-        &options,
-        &now,
-        &mut progress,
-    ))?;
+    let prepared = prepare_model(entry, choice)?;
+    let result = run_model(entry, &prepared, &volume, &input.display().to_string(), crop)?;
     eprintln!(
         "\r{} on {}: conform {:.0} ms, inference {:.0} ms, native {:.0} ms, total {:.0} ms",
         entry.id,
@@ -201,6 +230,171 @@ fn segment(
         Space::Conformed => &result.conformed,
     };
     write_labels(labels, output)
+}
+
+fn prepare_model(entry: &ModelEntry, choice: DeviceChoice) -> Result<PreparedNetwork> {
+    let network = models::load_network(&model_files(entry)?)
+        .with_context(|| format!("model {}", entry.id))?;
+    Ok(PreparedNetwork::new(&network, &device(choice)?))
+}
+
+/// Runs the whole pipeline with a progress line on stderr.
+fn run_model(
+    entry: &ModelEntry,
+    prepared: &PreparedNetwork,
+    volume: &Volume,
+    name: &str,
+    crop: bool,
+) -> Result<Segmentation> {
+    let options = SegmentOptions { crop_to_foreground: crop, max_tensor_bytes: None };
+    let clock = Instant::now();
+    let now = || clock.elapsed().as_secs_f64() * 1000.0;
+    let mut progress = |stage: Stage| {
+        let text = match stage {
+            Stage::Layer { done, total } => format!("\rlayer {done}/{total}   "),
+            other => format!("\r{:<14}", other.name()),
+        };
+        eprint!("{text}");
+        let _ = std::io::stderr().flush();
+    };
+    Ok(pollster::block_on(pipeline::segment(
+        volume,
+        name,
+        entry.input.normalization,
+        prepared,
+        &options,
+        &now,
+        &mut progress,
+    ))?)
+}
+
+fn read_labels(path: &Path) -> Result<LabelMap> {
+    let volume = read_input(path)?;
+    LabelMap::from_volume(&volume).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+fn load_mapping(spec: &str) -> Result<LabelMapping> {
+    if let Some(mapping) = metrics::preset(spec) {
+        return Ok(mapping);
+    }
+    let text = std::fs::read_to_string(spec)
+        .with_context(|| format!("{spec}: neither a preset ({}) nor a readable file", preset_names()))?;
+    LabelMapping::from_json(&text).map_err(|e| anyhow!("{spec}: {e}"))
+}
+
+fn preset_names() -> String {
+    metrics::presets().iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+}
+
+fn eval_pair(pred: &Path, reference: &Path, mapping: Option<&LabelMapping>, options: &EvalOptions, json: bool) -> Result<()> {
+    let report = metrics::evaluate(&read_labels(pred)?, &read_labels(reference)?, mapping, options)
+        .with_context(|| format!("{} vs {}", pred.display(), reference.display()))?;
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(report: &Report) {
+    let f = |v: f64| if v.is_finite() { format!("{v:.4}") } else { "inf".into() };
+    println!(
+        "{:>6} {:<24} {:>7} {:>7} {:>9} {:>9} {:>7} {:>10} {:>10}",
+        "label", "name", "dice", "iou", "hd95_mm", "assd_mm", "nsd", "pred_ml", "ref_ml"
+    );
+    for m in &report.labels {
+        println!(
+            "{:>6} {:<24} {:>7} {:>7} {:>9} {:>9} {:>7} {:>10.3} {:>10.3}",
+            m.label,
+            m.name.as_deref().unwrap_or(""),
+            f(m.dice),
+            f(m.iou),
+            f(m.hd95),
+            f(m.assd),
+            f(m.nsd),
+            m.vol_pred_ml,
+            m.vol_ref_ml
+        );
+    }
+    let o = |v: Option<f64>| v.map(f).unwrap_or_else(|| "-".into());
+    let mean = &report.mean;
+    println!(
+        "{:>6} {:<24} {:>7} {:>7} {:>9} {:>9} {:>7}   (NSD at {} mm)",
+        "mean", "", o(mean.dice), o(mean.iou), o(mean.hd95), o(mean.assd), o(mean.nsd), report.tolerance_mm
+    );
+}
+
+/// The reference label file for `image`: same file name, or same stem with any volume extension.
+fn matching_label(image: &Path, labels: &Path) -> Option<PathBuf> {
+    let name = image.file_name()?.to_str()?;
+    let stem = volume_stem(name);
+    let exact = labels.join(name);
+    if exact.is_file() {
+        return Some(exact);
+    }
+    std::fs::read_dir(labels).ok()?.flatten().map(|e| e.path()).find(|p| {
+        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| volume_stem(n) == stem)
+    })
+}
+
+fn volume_stem(name: &str) -> &str {
+    [".nii.gz", ".nii", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd"]
+        .iter()
+        .find_map(|ext| name.strip_suffix(ext))
+        .unwrap_or(name)
+}
+
+fn eval_cohort(
+    model: &str,
+    images: &Path,
+    labels: &Path,
+    output: &Path,
+    mapping: Option<&LabelMapping>,
+    options: &EvalOptions,
+    crop: bool,
+) -> Result<()> {
+    let registry = Registry::builtin();
+    let entry = registry.get(model)?;
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(images)
+        .with_context(|| format!("{}: cannot list", images.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    cases.sort();
+    if cases.is_empty() {
+        bail!("{}: no images", images.display());
+    }
+    let prepared = prepare_model(entry, DeviceChoice::Cpu)?;
+    let mut csv = String::new();
+    for (n, image) in cases.iter().enumerate() {
+        let case = image.file_name().and_then(|n| n.to_str()).map(volume_stem).unwrap_or("?").to_string();
+        eprintln!("[{}/{}] {case}", n + 1, cases.len());
+        let reference = matching_label(image, labels)
+            .ok_or_else(|| anyhow!("{}: no label file for it in {}", image.display(), labels.display()))?;
+        let volume = read_input(image)?;
+        let result = run_model(entry, &prepared, &volume, &image.display().to_string(), crop)?;
+        let mut report = metrics::evaluate(&result.native, &read_labels(&reference)?, mapping, options)
+            .with_context(|| format!("{} vs {}", image.display(), reference.display()))?;
+        for m in &mut report.labels {
+            if m.name.is_none() {
+                m.name = entry.labels.iter().find(|l| l.value == m.label).map(|l| l.name.clone());
+            }
+        }
+        let table = report.to_csv();
+        let mut lines = table.lines();
+        let header = lines.next().unwrap_or_default();
+        if n == 0 {
+            csv.push_str(&format!("case,model,runtime_ms,{header}\n"));
+        }
+        for line in lines {
+            csv.push_str(&format!("{},{},{:.0},{line}\n", case, entry.id, result.timings.total));
+        }
+    }
+    std::fs::write(output, csv).with_context(|| format!("{}: cannot write", output.display()))?;
+    eprintln!("wrote {}", output.display());
+    Ok(())
 }
 
 fn write_labels(labels: &LabelMap, output: &Path) -> Result<()> {

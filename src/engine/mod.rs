@@ -39,6 +39,13 @@ impl fmt::Display for EngineError {
 
 impl std::error::Error for EngineError {}
 
+/// A box of output voxels: `start..start + size` along (i, j, k).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputBox {
+    pub start: [usize; 3],
+    pub size: [usize; 3],
+}
+
 /// Progress of a run, reported after each finished unit of work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LayerProgress {
@@ -146,23 +153,56 @@ impl PreparedNetwork {
         };
 
         let total = slabs.len() * self.layers.len();
-        let mut done = 0;
         let mut labels = Vec::with_capacity(input.len());
-        for slab in &slabs {
-            let depth = slab.input_end - slab.input_start;
-            let values = input[slab.input_start * plane..slab.input_end * plane].to_vec();
-            let mut x = Tensor::<5>::from_data(TensorData::new(values, [1, 1, depth, nj, ni]), &self.device);
-            for layer in &self.layers {
-                x = layer.forward(x);
-                // Wait for the layer so progress means finished work, not queued work.
-                self.wait_for(&x).await?;
-                done += 1;
-                progress(LayerProgress { done, total });
-            }
-            let keep = x.narrow(2, slab.output_start - slab.input_start, slab.output_end - slab.output_start);
-            labels.extend(argmax_labels(keep).await?);
+        for (n, slab) in slabs.iter().enumerate() {
+            let offset = n * self.layers.len();
+            let out = OutputBox { start: [0, 0, slab.output_start], size: [ni, nj, slab.output_end - slab.output_start] };
+            labels.extend(
+                self.segment_box(input, dims, out, &mut |p| progress(LayerProgress { done: offset + p.done, total }))
+                    .await?,
+            );
         }
         Ok(labels)
+    }
+
+    /// Labels for the voxels of `out` only, computed from `out` grown by the receptive
+    /// radius (clipped to the volume): exactly what a whole-volume pass gives there, for
+    /// networks without whole-volume normalization.
+    pub async fn segment_box(
+        &self,
+        input: &[f32],
+        dims: [usize; 3],
+        out: OutputBox,
+        progress: &mut dyn FnMut(LayerProgress),
+    ) -> Result<Vec<u16>, EngineError> {
+        let [ni, nj, nk] = dims;
+        if input.len() != ni * nj * nk || (0..3).any(|a| out.size[a] == 0 || out.start[a] + out.size[a] > dims[a]) {
+            return Err(EngineError::BadInput(format!("box {out:?} outside a {ni}x{nj}x{nk} volume")));
+        }
+        let r = self.receptive_radius;
+        let lo = [0, 1, 2].map(|a| out.start[a].saturating_sub(r));
+        let hi = [0, 1, 2].map(|a| (out.start[a] + out.size[a] + r).min(dims[a]));
+        let [bi, bj, bk] = [0, 1, 2].map(|a| hi[a] - lo[a]);
+        let mut values = Vec::with_capacity(bi * bj * bk);
+        for k in lo[2]..hi[2] {
+            for j in lo[1]..hi[1] {
+                let row = (k * nj + j) * ni;
+                values.extend_from_slice(&input[row + lo[0]..row + hi[0]]);
+            }
+        }
+        let mut x = Tensor::<5>::from_data(TensorData::new(values, [1, 1, bk, bj, bi]), &self.device);
+        let total = self.layers.len();
+        for (done, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x);
+            // Wait for the layer so progress means finished work, not queued work.
+            self.wait_for(&x).await?;
+            progress(LayerProgress { done: done + 1, total });
+        }
+        let keep = x
+            .narrow(2, out.start[2] - lo[2], out.size[2])
+            .narrow(3, out.start[1] - lo[1], out.size[1])
+            .narrow(4, out.start[0] - lo[0], out.size[0]);
+        argmax_labels(keep).await
     }
 
     /// Blocks (asynchronously) until `x` is computed, by reading back a single element.
