@@ -62,6 +62,10 @@ pub struct Segmentation {
     /// Labels on the input's own grid (overlays the original file).
     pub native: LabelMap,
     pub timings: Timings,
+    /// Floating-point operations of the network's convolutions.
+    pub flops: u64,
+    /// The largest activation tensor the run held.
+    pub peak_tensor_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,7 +119,7 @@ pub async fn segment(
     let normalized = normalize(&region_values, normalization);
     let after_conform = now();
 
-    let region_labels = network
+    let (region_labels, stats) = network
         .segment(&normalized, region.dims(), options.max_tensor_bytes, &mut |p| {
             progress(Stage::Layer { done: p.done, total: p.total })
         })
@@ -145,6 +149,8 @@ pub async fn segment(
             native: end - after_inference,
             total: end - start,
         },
+        flops: stats.flops,
+        peak_tensor_bytes: stats.peak_tensor_bytes,
     })
 }
 

@@ -4,7 +4,8 @@
 use crate::engine::PreparedNetwork;
 use crate::models::{self, ModelFiles, Registry};
 use crate::pipeline::{self, SegmentOptions, Stage};
-use crate::volume::nifti;
+use crate::metrics::{self, EvalOptions, LabelMapping};
+use crate::volume::{nifti, LabelMap};
 use burn::tensor::Device;
 use js_sys::{Function, Map, Object, Reflect, Uint8Array};
 use std::cell::RefCell;
@@ -36,6 +37,56 @@ pub fn inspect_volume(bytes: &[u8], file_name: &str) -> Result<JsValue, JsError>
         "affine": g.affine,
     });
     serde_wasm_bindgen::to_value(&info).map_err(|e| JsError::new(&e.to_string()))
+}
+
+/// Metrics of a segmentation against reference labels. `mapping` is a preset key, a mapping
+/// JSON, or empty. Resolves `{report: object (see metrics::Report::to_json), csv: string,
+/// error_map: Uint8Array (.nii.gz: 1 false positive, 2 false negative)}`.
+#[wasm_bindgen]
+pub fn evaluate(
+    pred: &[u8],
+    pred_name: &str,
+    reference: &[u8],
+    reference_name: &str,
+    mapping: &str,
+    tolerance_mm: f64,
+) -> Result<JsValue, JsError> {
+    let error = |e: &dyn std::fmt::Display| JsError::new(&e.to_string());
+    let labels = |bytes: &[u8], name: &str| {
+        pipeline::read_volume(bytes, name)
+            .map_err(|e| error(&e))
+            .and_then(|v| LabelMap::from_volume(&v).map_err(|e| error(&format!("{name}: {e}"))))
+    };
+    let pred = labels(pred, pred_name)?;
+    let reference = labels(reference, reference_name)?;
+    let mapping = match mapping.trim() {
+        "" => None,
+        text if text.starts_with('{') => Some(LabelMapping::from_json(text).map_err(|e| error(&e))?),
+        key => Some(metrics::preset(key).ok_or_else(|| JsError::new(&format!("unknown mapping preset {key}")))?),
+    };
+    let options = EvalOptions { tolerance_mm, labels: None };
+    let report = metrics::evaluate(&pred, &reference, mapping.as_ref(), &options)
+        .map_err(|e| error(&format!("{pred_name} vs {reference_name}: {e}")))?;
+    let errors = metrics::error_map(&pred, &reference, mapping.as_ref()).map_err(|e| error(&e))?;
+    let out = Object::new();
+    let report_value = js_sys::JSON::parse(&report.to_json()).map_err(|_| JsError::new("report JSON"))?;
+    Reflect::set(&out, &"report".into(), &report_value)
+        .and_then(|_| Reflect::set(&out, &"csv".into(), &report.to_csv().into()))
+        .and_then(|_| {
+            Reflect::set(&out, &"error_map".into(), &Uint8Array::from(nifti::write_labels(&errors, true).as_slice()).into())
+        })
+        .map_err(|_| JsError::new("cannot build the result object"))?;
+    Ok(out.into())
+}
+
+/// The built-in label mappings as JSON: `[{"key", "mapping": {...}}]`.
+#[wasm_bindgen]
+pub fn mapping_presets_json() -> String {
+    let presets: Vec<serde_json::Value> = metrics::presets()
+        .into_iter()
+        .map(|(key, m)| serde_json::json!({"key": key, "mapping": serde_json::from_str::<serde_json::Value>(&m.to_json()).unwrap_or_default()}))
+        .collect();
+    serde_json::Value::Array(presets).to_string()
 }
 
 /// The GPU device, initialised once per worker (burn's runtime cannot be re-initialised).
@@ -74,6 +125,11 @@ async fn gpu() -> Result<std::rc::Rc<Gpu>, String> {
     });
     GPU.with(|g| *g.borrow_mut() = Some(gpu.clone()));
     Ok(gpu)
+}
+
+/// The wasm linear memory's size: its high-water mark, since it never shrinks.
+fn wasm_heap_bytes() -> usize {
+    core::arch::wasm32::memory_size(0) * 65536
 }
 
 /// Segments `input` with model `model_id` whose files are given by name.
@@ -152,6 +208,10 @@ pub async fn segment(
         .and_then(|_| set("adapter", adapter.into()))
         .and_then(|_| set("timings_ms", timings))
         .and_then(|_| set("n_classes", (network.n_classes() as u32).into()))
+        .and_then(|_| set("parameters", (network.parameter_count() as f64).into()))
+        .and_then(|_| set("gflops", (result.flops as f64 / 1e9).into()))
+        .and_then(|_| set("peak_tensor_mb", (result.peak_tensor_bytes as f64 / 1048576.0).into()))
+        .and_then(|_| set("wasm_heap_mb", (wasm_heap_bytes() as f64 / 1048576.0).into()))
         .map_err(|_| JsError::new("cannot build the result object"))?;
     Ok(out.into())
 }

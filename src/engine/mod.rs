@@ -54,6 +54,22 @@ pub struct LayerProgress {
     pub total: usize,
 }
 
+/// What a run cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Floating-point operations of the convolutions, halos included.
+    pub flops: u64,
+    /// Bytes of the largest activation tensor held at once.
+    pub peak_tensor_bytes: usize,
+}
+
+impl RunStats {
+    fn add(&mut self, other: RunStats) {
+        self.flops += other.flops;
+        self.peak_tensor_bytes = self.peak_tensor_bytes.max(other.peak_tensor_bytes);
+    }
+}
+
 /// A network whose weights live on a device, ready to run.
 pub struct PreparedNetwork {
     device: Device,
@@ -61,6 +77,7 @@ pub struct PreparedNetwork {
     receptive_radius: usize,
     has_global_normalization: bool,
     widest_layer: usize,
+    macs_per_voxel: usize,
 }
 
 struct PreparedLayer {
@@ -99,6 +116,7 @@ impl PreparedNetwork {
                 .map(|l| l.out_channels.max(l.in_channels))
                 .max()
                 .unwrap_or(1),
+            macs_per_voxel: network.macs_per_voxel(),
         }
     }
 
@@ -122,7 +140,7 @@ impl PreparedNetwork {
         dims: [usize; 3],
         max_tensor_bytes: Option<usize>,
         progress: &mut dyn FnMut(LayerProgress),
-    ) -> Result<Vec<u16>, EngineError> {
+    ) -> Result<(Vec<u16>, RunStats), EngineError> {
         let [ni, nj, nk] = dims;
         let plane = ni * nj;
         if input.len() != plane * nk || input.is_empty() {
@@ -154,15 +172,17 @@ impl PreparedNetwork {
 
         let total = slabs.len() * self.layers.len();
         let mut labels = Vec::with_capacity(input.len());
+        let mut stats = RunStats::default();
         for (n, slab) in slabs.iter().enumerate() {
             let offset = n * self.layers.len();
             let out = OutputBox { start: [0, 0, slab.output_start], size: [ni, nj, slab.output_end - slab.output_start] };
-            labels.extend(
-                self.segment_box(input, dims, out, &mut |p| progress(LayerProgress { done: offset + p.done, total }))
-                    .await?,
-            );
+            let (slab_labels, slab_stats) = self
+                .segment_box(input, dims, out, &mut |p| progress(LayerProgress { done: offset + p.done, total }))
+                .await?;
+            labels.extend(slab_labels);
+            stats.add(slab_stats);
         }
-        Ok(labels)
+        Ok((labels, stats))
     }
 
     /// Labels for the voxels of `out` only, computed from `out` grown by the receptive
@@ -174,7 +194,7 @@ impl PreparedNetwork {
         dims: [usize; 3],
         out: OutputBox,
         progress: &mut dyn FnMut(LayerProgress),
-    ) -> Result<Vec<u16>, EngineError> {
+    ) -> Result<(Vec<u16>, RunStats), EngineError> {
         let [ni, nj, nk] = dims;
         if input.len() != ni * nj * nk || (0..3).any(|a| out.size[a] == 0 || out.start[a] + out.size[a] > dims[a]) {
             return Err(EngineError::BadInput(format!("box {out:?} outside a {ni}x{nj}x{nk} volume")));
@@ -190,6 +210,11 @@ impl PreparedNetwork {
                 values.extend_from_slice(&input[row + lo[0]..row + hi[0]]);
             }
         }
+        let voxels = values.len();
+        let stats = RunStats {
+            flops: 2 * (voxels as u64) * (self.macs_per_voxel as u64),
+            peak_tensor_bytes: self.peak_activation_bytes(voxels),
+        };
         let mut x = Tensor::<5>::from_data(TensorData::new(values, [1, 1, bk, bj, bi]), &self.device);
         let total = self.layers.len();
         for (done, layer) in self.layers.iter().enumerate() {
@@ -202,7 +227,7 @@ impl PreparedNetwork {
             .narrow(2, out.start[2] - lo[2], out.size[2])
             .narrow(3, out.start[1] - lo[1], out.size[1])
             .narrow(4, out.start[0] - lo[0], out.size[0]);
-        argmax_labels(keep).await
+        Ok((argmax_labels(keep).await?, stats))
     }
 
     /// Blocks (asynchronously) until `x` is computed, by reading back a single element.

@@ -231,13 +231,7 @@ pub fn evaluate(
         m.validate()?;
     }
 
-    let ref_labels: Cow<[u16]> = match mapping {
-        Some(m) => {
-            let lut = m.reference_lut();
-            Cow::Owned(reference.labels.iter().map(|&r| lut[r as usize]).collect())
-        }
-        None => Cow::Borrowed(&reference.labels),
-    };
+    let ref_labels = mapped_reference(reference, mapping);
     let dims = reference.geometry.dims;
     let stats = Stats::gather(&pred.labels, &ref_labels, dims);
 
@@ -316,6 +310,44 @@ pub fn evaluate(
         spacing_mm: spacing,
         mapping: mapping.map(|m| m.name.clone()),
     })
+}
+
+/// The reference's labels with `mapping` applied (unmapped codes become background).
+fn mapped_reference<'a>(reference: &'a LabelMap, mapping: Option<&LabelMapping>) -> Cow<'a, [u16]> {
+    match mapping {
+        Some(m) => {
+            let lut = m.reference_lut();
+            Cow::Owned(reference.labels.iter().map(|&r| lut[r as usize]).collect())
+        }
+        None => Cow::Borrowed(&reference.labels),
+    }
+}
+
+/// Error-map value of a voxel the prediction labels wrongly (it is not that label in the reference).
+pub const FALSE_POSITIVE: u16 = 1;
+/// Error-map value of a reference voxel the prediction misses (labels it background).
+pub const FALSE_NEGATIVE: u16 = 2;
+
+/// Where the prediction is wrong, on the reference grid: [`FALSE_POSITIVE`] where it assigns a
+/// label the reference does not have there (including a wrong foreground label),
+/// [`FALSE_NEGATIVE`] where it leaves a reference structure as background, 0 elsewhere.
+pub fn error_map(pred: &LabelMap, reference: &LabelMap, mapping: Option<&LabelMapping>) -> Result<LabelMap, MetricsError> {
+    check_grids(pred, reference)?;
+    if let Some(m) = mapping {
+        m.validate()?;
+    }
+    let ref_labels = mapped_reference(reference, mapping);
+    let labels = pred
+        .labels
+        .iter()
+        .zip(ref_labels.iter())
+        .map(|(&p, &r)| match (p, r) {
+            (p, r) if p == r => 0,
+            (0, _) => FALSE_NEGATIVE,
+            _ => FALSE_POSITIVE,
+        })
+        .collect();
+    Ok(LabelMap { geometry: reference.geometry.clone(), labels })
 }
 
 fn check_grids(pred: &LabelMap, reference: &LabelMap) -> Result<(), MetricsError> {

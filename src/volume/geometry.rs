@@ -97,14 +97,3 @@ pub fn invert_affine(a: &[[f64; 4]; 4]) -> Option<[[f64; 4]; 4]> {
     out[3][3] = 1.0;
     Some(out)
 }
-
-/// Product of two 4x4 affines (a * b).
-pub fn compose_affine(a: &[[f64; 4]; 4], b: &[[f64; 4]; 4]) -> [[f64; 4]; 4] {
-    let mut out = [[0.0; 4]; 4];
-    for r in 0..4 {
-        for c in 0..4 {
-            out[r][c] = (0..4).map(|k| a[r][k] * b[k][c]).sum();
-        }
-    }
-    out
-}
