@@ -145,11 +145,18 @@ fn dkatlas_matches_brainchop_cli_in_boxes() {
     assert!(agree >= 0.999, "only {:.4} % agree", 100.0 * agree);
 }
 
+/// The whole 256³ grid through the 104-class model: 100.0000 % agreement, worst label Dice
+/// 0.99947, in 703 s on this 2-core machine (under load). Too slow for CI next to mindgrab;
+/// the box test above checks the same numerics. Run with
+/// `cargo test --test pipeline -- --ignored dkatlas_whole`.
 #[test]
+#[ignore]
 fn dkatlas_whole_grid_matches_brainchop_cli() {
     assert_matches_reference("DKatlas", "reference/t1_crop_DKatlas.nii.gz");
 }
 
+/// Whole-volume instance normalization cannot be split into boxes, so this runs the whole
+/// grid (about 20 minutes on a 2-core CPU).
 #[test]
 fn mindgrab_matches_brainchop_cli() {
     assert_matches_reference("mindgrab", "reference/t1_crop_mindgrab_mask.nii.gz");
