@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 // Tiny dependency-free static server for the built page (dist/) on 127.0.0.1.
 //
-//   node scripts/serve.mjs [port] [root]      (or PORT=8080 node scripts/serve.mjs)
+//   node scripts/serve.mjs [port] [root]      (either order; or PORT=8080 node scripts/serve.mjs)
 //
-// Port 0 picks a free port. Prints "insitu: serving <root> at http://127.0.0.1:<port>/"
+// root defaults to dist/ beside this script's folder, port to $PORT or 8080; 0 picks a free port. Prints "insitu: serving <root> at http://127.0.0.1:<port>/"
 // once listening (the browser test reads that line). GET/HEAD only, no directory listing.
 import { createServer } from 'node:http';
 import { createReadStream, existsSync } from 'node:fs';
@@ -36,11 +36,14 @@ const MIME = {
 };
 
 const here = fileURLToPath(new URL('.', import.meta.url));
-const port = Number(process.argv[2] ?? process.env.PORT ?? 8080);
-const root = resolve(process.argv[3] ?? join(here, '..', 'dist'));
+const args = process.argv.slice(2);
+const portArg = args.find((a) => /^\d+$/.test(a)) ?? process.env.PORT ?? '8080';
+const rootArg = args.find((a) => !/^\d+$/.test(a)) ?? join(here, '..', 'dist');
+const port = Number(portArg);
+const root = resolve(rootArg);
 
-if (!Number.isInteger(port) || port < 0 || port > 65535) {
-  console.error(`insitu: bad port ${JSON.stringify(process.argv[2] ?? process.env.PORT)}`);
+if (args.length > 2 || !/^\d+$/.test(portArg) || port > 65535) {
+  console.error(`insitu: usage: node scripts/serve.mjs [port] [root] (got ${JSON.stringify(args)}, PORT=${process.env.PORT ?? ''})`);
   process.exit(2);
 }
 

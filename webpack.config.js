@@ -1,0 +1,59 @@
+// Bundles the page (www/main.js) and its inference worker (www/worker.js, found through
+// `new Worker(new URL('./worker.js', import.meta.url))`) into dist/, with the Rust core's
+// wasm (pkg/insitu_bg.wasm, from `new URL(..., import.meta.url)`) beside them.
+// dist/assets/ (models, sample data) is filled by `insitu fetch --dest dist/assets`, not here.
+import { existsSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import CopyPlugin from 'copy-webpack-plugin';
+
+const root = dirname(fileURLToPath(import.meta.url));
+const pkgJs = resolve(root, 'pkg/insitu.js');
+const havePkg = existsSync(pkgJs);
+
+// Without the wasm core the page still bundles, against a module that only throws
+// "core not built" when the worker starts, so the page shows that error. Never a fake core.
+class MissingPkgWarning {
+  apply(compiler) {
+    compiler.hooks.thisCompilation.tap('MissingPkgWarning', (compilation) => {
+      const { WebpackError } = compiler.webpack;
+      compilation.warnings.push(
+        new WebpackError(
+          'pkg/insitu.js not found: the page is bundled WITHOUT the Rust core and cannot segment. ' +
+            'Build the core for the web first (wasm-bindgen --target web, output in pkg/), then rebuild.',
+        ),
+      );
+    });
+  }
+}
+
+export default (env, argv) => ({
+  mode: argv.mode ?? 'production',
+  context: root,
+  entry: { main: './www/main.js' },
+  target: 'web',
+  output: {
+    path: resolve(root, 'dist'),
+    filename: '[name].js',
+    chunkFilename: '[name].[contenthash:8].js',
+    assetModuleFilename: '[name][ext]',
+    publicPath: 'auto',
+    // Keep dist/assets/ (filled by the CLI) when rebuilding.
+    clean: { keep: /^assets\// },
+  },
+  module: {
+    rules: [{ test: /\.wasm$/, type: 'asset/resource', generator: { filename: '[name][ext]' } }],
+  },
+  resolve: {
+    alias: havePkg
+      ? {}
+      : { [pkgJs]: resolve(root, 'www/missing-pkg.js'), [resolve(root, 'pkg/insitu_bg.wasm')]: false },
+  },
+  plugins: [
+    new CopyPlugin({ patterns: [{ from: 'www/index.html' }, { from: 'www/style.css' }] }),
+    ...(havePkg ? [] : [new MissingPkgWarning()]),
+  ],
+  devtool: argv.mode === 'development' ? 'source-map' : false,
+  performance: { hints: false }, // NiiVue alone is ~1.5 MB; the wasm more.
+  stats: 'errors-warnings',
+});
