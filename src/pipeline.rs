@@ -2,7 +2,7 @@
 //! largest component → back onto the input's own grid. The same path serves the CLI,
 //! the tests, the benchmarks and the browser.
 
-use crate::engine::{EngineError, PreparedNetwork};
+use crate::engine::{EngineError, OutputBox, PreparedNetwork};
 use crate::models::InputNormalization;
 use crate::preprocess::{self, PreprocessError};
 use crate::volume::{self, LabelMap, Volume, VolumeError};
@@ -34,8 +34,10 @@ impl Stage {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SegmentOptions {
-    /// Run the network only on the bounding box of the head (plus a margin) instead of the
-    /// whole conformed 256³ grid: much faster, but not bit-identical to a whole-grid run.
+    /// Run the network only on the bounding box of the head (grown by the network's receptive
+    /// radius) instead of the whole conformed 256³ grid, and call everything outside it
+    /// background. Identical to a whole-grid run inside the box for models without
+    /// whole-volume normalization; much faster for small inputs.
     pub crop_to_foreground: bool,
     /// Largest single activation the device may hold (None: unlimited).
     pub max_tensor_bytes: Option<usize>,
@@ -109,18 +111,18 @@ pub async fn segment(
     let conformed = preprocess::conform(volume).map_err(preprocess_error)?;
     let grid = conformed.volume.geometry.clone();
 
-    let region = if options.crop_to_foreground {
-        foreground_box(&conformed.volume, CROP_MARGIN)
-    } else {
-        Region::whole(grid.dims)
-    };
-    let region_values = region.extract(&conformed.volume.data, grid.dims);
     progress(Stage::Normalize);
-    let normalized = normalize(&region_values, normalization);
+    // Always over the whole conformed grid, so cropping cannot change the intensities.
+    let normalized = normalize(&conformed.volume.data, normalization);
+    let region = if options.crop_to_foreground {
+        foreground_box(&conformed.volume)
+    } else {
+        OutputBox::whole(grid.dims)
+    };
     let after_conform = now();
 
     let (region_labels, stats) = network
-        .segment(&normalized, region.dims(), options.max_tensor_bytes, &mut |p| {
+        .segment(&normalized, grid.dims, region, options.max_tensor_bytes, &mut |p| {
             progress(Stage::Layer { done: p.done, total: p.total })
         })
         .await
@@ -129,7 +131,7 @@ pub async fn segment(
 
     progress(Stage::Postprocess);
     let mut labels = vec![0u16; grid.voxel_count()];
-    region.insert(&region_labels, &mut labels, grid.dims);
+    insert_box(region, &region_labels, &mut labels, grid.dims);
     preprocess::keep_largest_component(&mut labels, grid.dims);
     let conformed_labels = LabelMap { geometry: grid, labels };
 
@@ -154,9 +156,6 @@ pub async fn segment(
     })
 }
 
-/// Margin (voxels) kept around the head when cropping, so the network sees its edge.
-const CROP_MARGIN: usize = 8;
-
 /// Scales conformed intensities the way the model expects.
 pub fn normalize(values: &[f32], normalization: InputNormalization) -> Vec<f32> {
     match normalization {
@@ -171,50 +170,24 @@ pub fn normalize(values: &[f32], normalization: InputNormalization) -> Vec<f32> 
     }
 }
 
-/// An axis-aligned box of voxels `start..end` on a grid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Region {
-    start: [usize; 3],
-    end: [usize; 3],
-}
-
-impl Region {
-    fn whole(dims: [usize; 3]) -> Region {
-        Region { start: [0; 3], end: dims }
-    }
-
-    fn dims(&self) -> [usize; 3] {
-        [0, 1, 2].map(|a| self.end[a] - self.start[a])
-    }
-
-    fn extract(&self, data: &[f32], dims: [usize; 3]) -> Vec<f32> {
-        let [ri, rj, rk] = self.dims();
-        let mut out = Vec::with_capacity(ri * rj * rk);
-        for k in self.start[2]..self.end[2] {
-            for j in self.start[1]..self.end[1] {
-                let row = (k * dims[1] + j) * dims[0];
-                out.extend_from_slice(&data[row + self.start[0]..row + self.end[0]]);
-            }
-        }
-        out
-    }
-
-    fn insert(&self, values: &[u16], out: &mut [u16], dims: [usize; 3]) {
-        let ri = self.end[0] - self.start[0];
-        let mut src = values.chunks_exact(ri);
-        for k in self.start[2]..self.end[2] {
-            for j in self.start[1]..self.end[1] {
-                let row = (k * dims[1] + j) * dims[0];
-                if let Some(line) = src.next() {
-                    out[row + self.start[0]..row + self.end[0]].copy_from_slice(line);
-                }
+/// Writes the labels of `region` (i fastest) into the whole grid.
+fn insert_box(region: OutputBox, values: &[u16], out: &mut [u16], dims: [usize; 3]) {
+    let [si, sj, sk] = region.start;
+    let [ri, rj, rk] = region.size;
+    let mut rows = values.chunks_exact(ri);
+    for k in sk..sk + rk {
+        for j in sj..sj + rj {
+            let row = (k * dims[1] + j) * dims[0] + si;
+            if let Some(line) = rows.next() {
+                out[row..row + ri].copy_from_slice(line);
             }
         }
     }
 }
 
-/// Bounding box of the non-zero voxels plus `margin`; the whole grid when all are zero.
-fn foreground_box(volume: &Volume, margin: usize) -> Region {
+/// Bounding box of the non-zero voxels (the head: conform fills the rest with 0); the whole
+/// grid when all are zero. Outside it the network is not run and labels are background.
+fn foreground_box(volume: &Volume) -> OutputBox {
     let dims = volume.geometry.dims;
     let mut lo = dims;
     let mut hi = [0usize; 3];
@@ -232,12 +205,9 @@ fn foreground_box(volume: &Volume, margin: usize) -> Region {
         }
     }
     if (0..3).any(|a| lo[a] >= hi[a]) {
-        return Region::whole(dims);
+        return OutputBox::whole(dims);
     }
-    Region {
-        start: [0, 1, 2].map(|a| lo[a].saturating_sub(margin)),
-        end: [0, 1, 2].map(|a| (hi[a] + margin).min(dims[a])),
-    }
+    OutputBox { start: lo, size: [0, 1, 2].map(|a| hi[a] - lo[a]) }
 }
 
 #[cfg(test)]
@@ -256,26 +226,24 @@ mod tests {
     }
 
     #[test]
-    fn foreground_box_extract_and_insert_round_trip() {
+    fn foreground_box_and_insert() {
         let dims = [6, 5, 4];
         let mut data = vec![0.0f32; 120];
         data[(2 * 5 + 1) * 6 + 3] = 7.0; // (i=3, j=1, k=2)
         data[(3 * 5 + 2) * 6 + 4] = 9.0; // (i=4, j=2, k=3)
-        let volume = Volume { geometry: grid(dims), data: data.clone() };
-        let region = foreground_box(&volume, 0);
-        assert_eq!(region, Region { start: [3, 1, 2], end: [5, 3, 4] });
-        let values = region.extract(&data, dims);
-        assert_eq!(values.len(), 8);
-        let labels: Vec<u16> = values.iter().map(|&v| v as u16).collect();
+        let volume = Volume { geometry: grid(dims), data };
+        let region = foreground_box(&volume);
+        assert_eq!(region, OutputBox { start: [3, 1, 2], size: [2, 2, 2] });
         let mut out = vec![0u16; 120];
-        region.insert(&labels, &mut out, dims);
-        let back: Vec<u16> = data.iter().map(|&v| v as u16).collect();
-        assert_eq!(out, back);
+        insert_box(region, &[1, 2, 3, 4, 5, 6, 7, 8], &mut out, dims);
+        assert_eq!(out[(2 * 5 + 1) * 6 + 3], 1);
+        assert_eq!(out[(3 * 5 + 2) * 6 + 4], 8);
+        assert_eq!(out.iter().filter(|&&v| v != 0).count(), 8);
     }
 
     #[test]
     fn empty_volume_keeps_the_whole_grid() {
         let volume = Volume { geometry: grid([3, 3, 3]), data: vec![0.0; 27] };
-        assert_eq!(foreground_box(&volume, 2), Region::whole([3, 3, 3]));
+        assert_eq!(foreground_box(&volume), OutputBox::whole([3, 3, 3]));
     }
 }

@@ -46,6 +46,12 @@ pub struct OutputBox {
     pub size: [usize; 3],
 }
 
+impl OutputBox {
+    pub fn whole(dims: [usize; 3]) -> OutputBox {
+        OutputBox { start: [0; 3], size: dims }
+    }
+}
+
 /// Progress of a run, reported after each finished unit of work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LayerProgress {
@@ -129,55 +135,58 @@ impl PreparedNetwork {
         voxels.saturating_mul(self.widest_layer).saturating_mul(4)
     }
 
-    /// Runs the network on a `dims = [ni, nj, nk]` volume (i fastest) and returns the
-    /// argmax label of every voxel, in the same order.
+    /// Runs the network on a `dims = [ni, nj, nk]` volume (i fastest) and returns the argmax
+    /// label of every voxel of `out` (the whole volume, or a part of it), i fastest.
     ///
-    /// `max_tensor_bytes` bounds the largest single activation (None: no limit). Networks
-    /// with whole-volume normalization cannot be split and fail with `OutOfBudget` instead.
+    /// `max_tensor_bytes` bounds the largest single activation (None: no limit); the box is then
+    /// split into slabs along k. Networks with whole-volume normalization cannot be split and
+    /// fail with `OutOfBudget` instead.
     pub async fn segment(
         &self,
         input: &[f32],
         dims: [usize; 3],
+        out: OutputBox,
         max_tensor_bytes: Option<usize>,
         progress: &mut dyn FnMut(LayerProgress),
     ) -> Result<(Vec<u16>, RunStats), EngineError> {
-        let [ni, nj, nk] = dims;
-        let plane = ni * nj;
-        if input.len() != plane * nk || input.is_empty() {
-            return Err(EngineError::BadInput(format!(
-                "{} values for a {ni}x{nj}x{nk} volume",
-                input.len()
-            )));
-        }
+        let r = self.receptive_radius;
+        // The input a pass over `out` reads: `out` grown by the halo, clipped to the volume.
+        let [wi, wj, wk] = [0, 1, 2].map(|a| {
+            let lo = out.start[a].saturating_sub(r);
+            (out.start[a] + out.size[a] + r).min(dims[a]).saturating_sub(lo)
+        });
+        let plane = wi * wj;
         let max_slab_voxels = max_tensor_bytes.map(|b| b / (4 * self.widest_layer));
         let slabs = match max_slab_voxels {
-            Some(limit) if limit < plane * nk => {
+            Some(limit) if limit < plane * wk => {
                 if self.has_global_normalization {
                     return Err(EngineError::OutOfBudget(format!(
                         "the model normalizes over the whole volume and needs {} MiB per activation; the device allows {} MiB",
-                        self.peak_activation_bytes(plane * nk) >> 20,
+                        self.peak_activation_bytes(plane * wk) >> 20,
                         max_tensor_bytes.unwrap_or(0) >> 20
                     )));
                 }
-                plan_slabs(nk, plane, self.receptive_radius, limit).ok_or_else(|| {
+                plan_slabs(out.size[2], plane, r, limit).ok_or_else(|| {
                     EngineError::OutOfBudget(format!(
-                        "even a single slice with its {}-voxel halo exceeds {} MiB",
-                        self.receptive_radius,
+                        "even a single slice with its {r}-voxel halo exceeds {} MiB",
                         max_tensor_bytes.unwrap_or(0) >> 20
                     ))
                 })?
             }
-            _ => vec![Slab { input_start: 0, input_end: nk, output_start: 0, output_end: nk }],
+            _ => vec![Slab { input_start: 0, input_end: out.size[2], output_start: 0, output_end: out.size[2] }],
         };
 
         let total = slabs.len() * self.layers.len();
-        let mut labels = Vec::with_capacity(input.len());
+        let mut labels = Vec::with_capacity(out.size.iter().product());
         let mut stats = RunStats::default();
         for (n, slab) in slabs.iter().enumerate() {
             let offset = n * self.layers.len();
-            let out = OutputBox { start: [0, 0, slab.output_start], size: [ni, nj, slab.output_end - slab.output_start] };
+            let part = OutputBox {
+                start: [out.start[0], out.start[1], out.start[2] + slab.output_start],
+                size: [out.size[0], out.size[1], slab.output_end - slab.output_start],
+            };
             let (slab_labels, slab_stats) = self
-                .segment_box(input, dims, out, &mut |p| progress(LayerProgress { done: offset + p.done, total }))
+                .segment_box(input, dims, part, &mut |p| progress(LayerProgress { done: offset + p.done, total }))
                 .await?;
             labels.extend(slab_labels);
             stats.add(slab_stats);
