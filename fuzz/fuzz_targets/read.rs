@@ -1,0 +1,18 @@
+#![no_main]
+use insitu::volume::{self, LabelMap};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    // The first byte picks a file name hint; the rest is the file.
+    let Some((&hint, bytes)) = data.split_first() else {
+        return;
+    };
+    let names = ["x", "x.mgz", "x.mgh", "x.nii", "x.nii.gz", "x.nrrd", "x.mha", "x.dcm"];
+    let name = names[usize::from(hint) % names.len()];
+    if let Ok((v, format)) = volume::read_with_format(Some(name), bytes) {
+        if let Ok(labels) = LabelMap::from_volume(&v) {
+            let _ = volume::write_labels_like(format, &labels);
+        }
+    }
+    let _ = volume::read(bytes);
+});
