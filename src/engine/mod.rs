@@ -83,10 +83,13 @@ pub struct PreparedNetwork {
     receptive_radius: usize,
     has_global_normalization: bool,
     widest_layer: usize,
-    macs_per_voxel: usize,
 }
 
 struct PreparedLayer {
+    /// How far (voxels) this layer reaches along each axis.
+    halo: usize,
+    macs_per_voxel: usize,
+    widest: usize,
     weight: Tensor<5>,
     bias: Option<Tensor<1>>,
     options: ConvOptions<3>,
@@ -122,7 +125,6 @@ impl PreparedNetwork {
                 .map(|l| l.out_channels.max(l.in_channels))
                 .max()
                 .unwrap_or(1),
-            macs_per_voxel: network.macs_per_voxel(),
         }
     }
 
@@ -219,23 +221,36 @@ impl PreparedNetwork {
                 values.extend_from_slice(&input[row + lo[0]..row + hi[0]]);
             }
         }
-        let voxels = values.len();
-        let stats = RunStats {
-            flops: 2 * (voxels as u64) * (self.macs_per_voxel as u64),
-            peak_tensor_bytes: self.peak_activation_bytes(voxels),
-        };
         let mut x = Tensor::<5>::from_data(TensorData::new(values, [1, 1, bk, bj, bi]), &self.device);
+        let mut stats = RunStats::default();
+        let (mut cur_lo, mut cur_hi) = (lo, hi);
+        let mut remaining = r;
         let total = self.layers.len();
         for (done, layer) in self.layers.iter().enumerate() {
+            let voxels: usize = (0..3).map(|a| cur_hi[a] - cur_lo[a]).product();
+            stats.flops += 2 * (voxels * layer.macs_per_voxel) as u64;
+            stats.peak_tensor_bytes = stats.peak_tensor_bytes.max(voxels * layer.widest * 4);
             x = layer.forward(x);
+            // Each layer leaves exact values only `halo` voxels further in from the cut
+            // edges; keep just what the remaining layers need. (Not with whole-volume
+            // normalization: its statistics would change with the box.)
+            remaining -= layer.halo;
+            if !self.has_global_normalization {
+                let new_lo = [0, 1, 2].map(|a| out.start[a].saturating_sub(remaining));
+                let new_hi = [0, 1, 2].map(|a| (out.start[a] + out.size[a] + remaining).min(dims[a]));
+                for (a, axis) in [(0, 4), (1, 3), (2, 2)] {
+                    x = x.narrow(axis, new_lo[a] - cur_lo[a], new_hi[a] - new_lo[a]);
+                }
+                (cur_lo, cur_hi) = (new_lo, new_hi);
+            }
             // Wait for the layer so progress means finished work, not queued work.
             self.wait_for(&x).await?;
             progress(LayerProgress { done: done + 1, total });
         }
         let keep = x
-            .narrow(2, out.start[2] - lo[2], out.size[2])
-            .narrow(3, out.start[1] - lo[1], out.size[1])
-            .narrow(4, out.start[0] - lo[0], out.size[0]);
+            .narrow(2, out.start[2] - cur_lo[2], out.size[2])
+            .narrow(3, out.start[1] - cur_lo[1], out.size[1])
+            .narrow(4, out.start[0] - cur_lo[0], out.size[0]);
         Ok((argmax_labels(keep).await?, stats))
     }
 
@@ -317,6 +332,9 @@ fn prepare_layer(layer: &ConvLayer, axis_order: AxisOrder, device: &Device) -> P
     };
     let p = layer.padding;
     PreparedLayer {
+        halo: layer.dilation * (k - 1) / 2,
+        macs_per_voxel: layer.in_channels * layer.out_channels * k * k * k,
+        widest: layer.in_channels.max(layer.out_channels),
         weight,
         bias: layer.bias.as_ref().map(vector),
         options: ConvOptions::new([1, 1, 1], [p, p, p], [layer.dilation; 3], 1),
