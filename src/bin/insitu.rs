@@ -7,7 +7,7 @@ use insitu::engine::PreparedNetwork;
 use insitu::models::{self, ModelEntry, ModelFiles, Registry};
 use insitu::metrics::{self, EvalOptions, LabelMapping, Report};
 use insitu::pipeline::{self, SegmentOptions, Segmentation, Stage};
-use insitu::volume::{nifti, LabelMap, Volume};
+use insitu::volume::{self, nifti, FilesContent, Format, LabelMap, Volume};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -43,10 +43,22 @@ enum Command {
         /// Compute device.
         #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
         device: DeviceChoice,
+        /// Write the labels in the input's own format (NRRD, MGH/MGZ, MetaImage) instead of NIfTI.
+        #[arg(long)]
+        like_input: bool,
+        /// DICOM directory with several series: the SeriesInstanceUID to segment.
+        #[arg(long)]
+        series: Option<String>,
     },
-    /// Print a volume's geometry.
+    /// Print a volume's geometry (NIfTI, NRRD, MGH/MGZ, MetaImage, a DICOM file or directory).
     Info {
         input: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// DICOM directory with several series: the SeriesInstanceUID to show.
+        #[arg(long)]
+        series: Option<String>,
     },
     /// Convert a volume to NIfTI, optionally cropping it.
     Convert {
@@ -128,10 +140,10 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Models => list_models(),
-        Command::Segment { model, input, output, space, crop, device } => {
-            segment(model, &input, &output, space, crop, device)
+        Command::Segment { model, input, output, space, crop, device, like_input, series } => {
+            segment(model, &input, &output, space, crop, device, like_input, series.as_deref())
         }
-        Command::Info { input } => info(&input),
+        Command::Info { input, json, series } => info(&input, json, series.as_deref()),
         Command::Convert { input, output, crop } => convert(&input, &output, crop),
         Command::Fetch { dest, models } => fetch(&dest, &models),
         Command::Eval { pred, reference, map, tolerance_mm, json, model, images, labels_dir, output, crop } => {
@@ -171,9 +183,77 @@ fn list_models() -> Result<()> {
 }
 
 fn read_input(path: &Path) -> Result<Volume> {
+    Ok(read_input_as(path, None)?.0)
+}
+
+/// Files under `dir`, descending at most `depth` folders (DICOM exports nest series folders).
+fn list_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let path = entry.path();
+        if path.is_dir() && depth > 0 {
+            list_files(&path, depth - 1, out)?;
+        } else if path.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Reads a volume file, a `.mhd`/`.nhdr` header with its data file beside it, or a DICOM
+/// directory (`series` picks one when it holds several).
+fn read_input_as(path: &Path, series: Option<&str>) -> Result<(Volume, Format)> {
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).with_context(|| format!("{name}: cannot read"))?;
-    Ok(pipeline::read_volume(&bytes, &name)?)
+    let mut files = Vec::new();
+    if path.is_dir() {
+        let mut entries = Vec::new();
+        list_files(path, 3, &mut entries).with_context(|| format!("{name}: cannot list"))?;
+        entries.sort();
+        for entry in entries {
+            let bytes = std::fs::read(&entry).with_context(|| format!("{}: cannot read", entry.display()))?;
+            files.push((entry.display().to_string(), bytes));
+        }
+    } else {
+        let bytes = std::fs::read(path).with_context(|| format!("{name}: cannot read"))?;
+        files.push((name.clone(), bytes));
+        // A detached header names its data file; bring the folder's other files along.
+        if name.ends_with(".mhd") || name.ends_with(".nhdr") {
+            if let Some(dir) = path.parent() {
+                for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                    let p = entry.path();
+                    if p != path && p.is_file() && p.metadata().is_ok_and(|m| m.len() < (4u64 << 30)) {
+                        let text = String::from_utf8_lossy(&files[0].1).to_string();
+                        if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| text.contains(n)) {
+                            files.push((p.display().to_string(), std::fs::read(&p)?));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    match volume::read_files(&files).map_err(|e| anyhow!("{name}: {e}"))? {
+        FilesContent::Volume { volume, format, skipped } => {
+            if !skipped.is_empty() {
+                eprintln!("insitu: {name}: skipped {} file(s) that are not part of the volume", skipped.len());
+            }
+            Ok((volume, format))
+        }
+        FilesContent::Series(list) => {
+            let chosen = match series {
+                Some(uid) => uid.to_string(),
+                None if list.series.len() == 1 => list.series[0].uid.clone(),
+                None => {
+                    let lines: Vec<String> = list
+                        .series
+                        .iter()
+                        .map(|s| format!("  {}  {} {} ({} files, {:?})", s.uid, s.modality, s.description, s.files, s.dims))
+                        .collect();
+                    bail!("{name}: holds {} DICOM series; pick one with --series UID:\n{}", list.series.len(), lines.join("\n"));
+                }
+            };
+            let volume = volume::dicom::read_series(&files, &chosen).map_err(|e| anyhow!("{name}: {e}"))?;
+            Ok((volume, Format::Dicom))
+        }
+    }
 }
 
 fn model_files(entry: &ModelEntry) -> Result<ModelFiles> {
@@ -200,6 +280,7 @@ fn device(choice: DeviceChoice) -> Result<burn::tensor::Device> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn segment(
     model: Option<String>,
     input: &Path,
@@ -207,13 +288,15 @@ fn segment(
     space: Space,
     crop: bool,
     choice: DeviceChoice,
+    like_input: bool,
+    series: Option<&str>,
 ) -> Result<()> {
     let registry = Registry::builtin();
     let entry = match &model {
         Some(id) => registry.get(id)?,
         None => registry.default_model(),
     };
-    let volume = read_input(input)?;
+    let (volume, format) = read_input_as(input, series)?;
     let prepared = prepare_model(entry, choice)?;
     let result = run_model(entry, &prepared, &volume, &input.display().to_string(), crop)?;
     eprintln!(
@@ -229,6 +312,10 @@ fn segment(
         Space::Native => &result.native,
         Space::Conformed => &result.conformed,
     };
+    if like_input && space == Space::Native {
+        return std::fs::write(output, volume::write_labels_like(format, labels))
+            .with_context(|| format!("{}: cannot write", output.display()));
+    }
     write_labels(labels, output)
 }
 
@@ -403,9 +490,25 @@ fn write_labels(labels: &LabelMap, output: &Path) -> Result<()> {
         .with_context(|| format!("{}: cannot write", output.display()))
 }
 
-fn info(input: &Path) -> Result<()> {
-    let volume = read_input(input)?;
+fn info(input: &Path, json: bool, series: Option<&str>) -> Result<()> {
+    let (volume, format) = read_input_as(input, series)?;
     let g = &volume.geometry;
+    let (min, max) = volume.data.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    if json {
+        let info = serde_json::json!({
+            "format": format!("{format:?}"),
+            "dims": g.dims,
+            "spacing_mm": g.spacing,
+            "orientation": g.orientation_code(),
+            "affine": g.affine,
+            "min": min,
+            "max": max,
+        });
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    println!("format      {format:?}");
+    println!("range       {min} .. {max}");
     println!("dims        {} x {} x {}", g.dims[0], g.dims[1], g.dims[2]);
     println!("spacing     {:.4} x {:.4} x {:.4} mm", g.spacing[0], g.spacing[1], g.spacing[2]);
     println!("orientation {}", g.orientation_code());
