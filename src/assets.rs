@@ -1,7 +1,7 @@
 //! Finds model and sample files (native only): the local mirror first, then the upstream
 //! URL. Every file is checked against the sha256 the committed registry gives for it.
 
-use sha2::{Digest, Sha256};
+use crate::models::registry::sha256_hex;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,10 +52,6 @@ impl fmt::Display for AssetError {
 }
 
 impl std::error::Error for AssetError {}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The bytes of `file`, verified: from the mirror when it has them, else downloaded.
 pub fn fetch(file: RemoteFile) -> Result<Vec<u8>, AssetError> {

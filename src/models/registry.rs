@@ -88,10 +88,7 @@ impl ModelEntry {
         let file = self.file(name).ok_or_else(|| {
             ModelError::MissingFile(format!("model {} has no file named {name}", self.id))
         })?;
-        let actual: String = Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let actual = sha256_hex(bytes);
         if actual != file.sha256.to_ascii_lowercase() {
             return Err(ModelError::ChecksumMismatch {
                 file: format!("{} ({})", file.name, file.path),
@@ -195,3 +192,9 @@ impl Registry {
             .expect("the registry has a default model")
     }
 }
+
+/// Lower-case hex SHA-256 of `bytes`, as the registry writes checksums.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
