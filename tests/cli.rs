@@ -1,0 +1,92 @@
+//! The `insitu` command line, run as a user would.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn insitu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_insitu")).args(args).output().expect("insitu runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("insitu-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn models_lists_the_registry_with_the_default_marked() {
+    let out = insitu(&["models"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for id in ["tissue_fast", "subcortical", "DKatlas", "mindgrab"] {
+        assert!(text.contains(id), "{id} missing from:\n{text}");
+    }
+    assert!(text.lines().any(|l| l.starts_with("tissue_fast") && l.contains("(default)")));
+}
+
+#[test]
+fn segment_help_documents_both_output_spaces() {
+    let out = insitu(&["segment", "--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("native") && text.contains("conformed"), "{text}");
+}
+
+#[test]
+fn bad_input_fails_with_one_line_naming_the_file() {
+    let bad = scratch("bad.nii.gz");
+    std::fs::write(&bad, b"\x1f\x8b\x08\x00 definitely not a volume").unwrap();
+    let out_path = scratch("never.nii.gz");
+    let out = insitu(&["segment", "--model", "tissue_fast", bad.to_str().unwrap(), "-o", out_path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "expected one line, got:\n{err}");
+    assert!(err.contains("bad.nii.gz"), "{err}");
+    assert!(!out_path.exists());
+
+    let out = insitu(&["segment", "--model", "no_such_model", bad.to_str().unwrap(), "-o", out_path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr).unwrap().contains("no_such_model"));
+}
+
+#[test]
+fn segment_writes_native_and_conformed_grids_and_eval_reads_them() {
+    let small = scratch("small.nii.gz");
+    let t1 = common::data("t1_crop.nii.gz");
+    let out = insitu(&["convert", t1.to_str().unwrap(), "-o", small.to_str().unwrap(), "--crop", "100,100,100,48,48,48"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let native = scratch("native.nii.gz");
+    let conformed = scratch("conformed.nii.gz");
+    for (path, space) in [(&native, "native"), (&conformed, "conformed")] {
+        let out = insitu(&[
+            "segment", "--model", "tissue_fast", "--crop", small.to_str().unwrap(), "-o", path.to_str().unwrap(), "--space", space,
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dims = |path: &PathBuf| {
+        let out = insitu(&["info", "--json", path.to_str().unwrap()]);
+        assert!(out.status.success());
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        info["dims"].clone()
+    };
+    assert_eq!(dims(&native), serde_json::json!([48, 48, 48]));
+    assert_eq!(dims(&conformed), serde_json::json!([256, 256, 256]));
+
+    // A segmentation compared with itself is perfect, and the JSON has the documented shape.
+    let out = insitu(&["eval", "--pred", native.to_str().unwrap(), "--ref", native.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for label in ["1", "2"] {
+        assert_eq!(report["labels"][label]["dice"], 1.0);
+        assert_eq!(report["labels"][label]["hd95"], 0.0);
+    }
+    assert_eq!(report["mean"]["nsd"], 1.0);
+
+    // Different grids are refused with a reason, not compared voxel by voxel.
+    let out = insitu(&["eval", "--pred", native.to_str().unwrap(), "--ref", conformed.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr).unwrap().contains("grids differ"));
+}
