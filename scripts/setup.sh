@@ -39,6 +39,9 @@ cargo build --bin insitu
 log "wasm build"
 cargo build --release --lib --target wasm32-unknown-unknown
 wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/release/insitu.wasm
+# Debian's binaryen is too old for wasm-bindgen's output; npm's is pinned in package.json.
+npx --no-install wasm-opt -O2 --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+  --enable-mutable-globals --enable-reference-types --enable-simd pkg/insitu_bg.wasm -o pkg/insitu_bg.wasm
 
 log "web bundle"
 npm run build

@@ -8,10 +8,15 @@ printf '\n== Rust tests\n' >&2
 cargo test --no-fail-fast
 
 printf '\n== browser tests\n' >&2
+mirror="${INSITU_MIRROR:-../shared}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # A small crop keeps the WebGPU run fast on software adapters.
 target/debug/insitu convert dist/assets/data/t1_crop.nii.gz -o "$work/small.nii.gz" --crop 100,100,100,48,48,48
 target/debug/insitu segment --model tissue_fast --crop "$work/small.nii.gz" -o "$work/expected.nii.gz"
+# A reference on the same grid, and the CLI's metrics the page must reproduce.
+target/debug/insitu convert "$mirror/data/reference/t1_crop_tissue_fast.nii.gz" -o "$work/reference.nii.gz" --crop 100,100,100,48,48,48
+target/debug/insitu eval --pred "$work/expected.nii.gz" --ref "$work/reference.nii.gz" --json > "$work/eval.json"
 INSITU_TEST_VOLUME="$work/small.nii.gz" INSITU_TEST_EXPECTED="$work/expected.nii.gz" \
+  INSITU_TEST_REFERENCE="$work/reference.nii.gz" INSITU_TEST_EVAL_JSON="$work/eval.json" \
   node --test tests/browser/

@@ -1,7 +1,15 @@
 // The page: picks a volume and a model, runs the segmentation in a worker (www/worker.js),
 // shows the result in the viewer, and offers it for download. No framework: a few elements,
 // one `state` object, and functions that update both.
-import { Viewer } from './viewer.js';
+import { Viewer, ERROR_COLOURS } from './viewer.js';
+import {
+  comparisonCsv,
+  comparisonHtml,
+  comparisonJson,
+  comparisonTable,
+  evaluationChart,
+  evaluationTable,
+} from './report.js';
 
 const $ = (id) => document.getElementById(id);
 const el = {
@@ -23,6 +31,24 @@ const el = {
   viewerEmpty: $('viewer-empty'),
   opacityInput: $('opacity-input'),
   legend: $('legend'),
+  referenceInput: $('reference-input'),
+  referenceInfo: $('reference-info'),
+  mappingSelect: $('mapping-select'),
+  mappingJson: $('mapping-json'),
+  toleranceInput: $('tolerance-input'),
+  evaluateButton: $('evaluate-button'),
+  errorsToggle: $('errors-toggle'),
+  errorLegend: $('error-legend'),
+  results: $('results'),
+  runs: $('runs'),
+  evaluation: $('evaluation'),
+  evaluationTitle: $('evaluation-title'),
+  evalTable: $('eval-table'),
+  evalChart: $('eval-chart'),
+  compareTable: $('compare-table'),
+  exportCsv: $('export-csv'),
+  exportJson: $('export-json'),
+  exportHtml: $('export-html'),
 };
 
 const SAMPLE_URL = 'assets/data/t1_crop.nii.gz';
@@ -31,7 +57,15 @@ const state = {
   ready: false, // the core (wasm) has started in the worker
   registry: null, // {models: [...]}
   input: null, // {name, bytes: Uint8Array, info: {dims, spacing, datatype, orientation}}
-  result: null, // {labels, backend, adapter, timings_ms, n_classes, modelId, inputName, fileName}
+  result: null, // the selected run (see `runs`)
+  // Runs on the current input, keyed by model id, in the order they were first made:
+  // {id, modelId, modelName, labels, backend, adapter, timings_ms, n_classes, parameters, gflops,
+  //  peak_tensor_mb, wasm_heap_mb, inputName, fileName, labelInfo,
+  //  evaluation: null | {report, csv, errorMap, referenceName, mapping, toleranceMm}}
+  runs: new Map(),
+  presets: [], // [{key, mapping: {name, pairs}}]
+  reference: null, // {name, bytes} of the reference labels for the current input
+  evalSettings: { mapping: '', toleranceMm: 2 }, // the settings the evaluations were made with
   running: false, // a volume is loading or a segmentation is running
   stage: 'idle', // the last progress stage
   error: null, // the last error message shown, or null
@@ -66,7 +100,7 @@ class Core {
 
   receive(data) {
     if ('ready' in data) {
-      if (data.ready) this.started.resolve(data.registry);
+      if (data.ready) this.started.resolve({ ...data.registry, presets: data.presets ?? [] });
       else this.fail(`The segmentation core could not start: ${data.error}`);
       return;
     }
@@ -167,6 +201,14 @@ function updateControls() {
   el.runButton.disabled = busy || !state.ready || !state.input || !selectedModel();
   el.downloadButton.disabled = busy || !state.result;
   el.dropZone.classList.toggle('busy', busy);
+  el.referenceInput.disabled = busy || !state.ready || !state.input;
+  el.mappingSelect.disabled = busy;
+  el.mappingJson.disabled = busy;
+  el.toleranceInput.disabled = busy;
+  el.evaluateButton.disabled = busy || !state.reference || state.runs.size === 0;
+  el.errorsToggle.disabled = !state.result?.evaluation;
+  for (const button of el.runs.querySelectorAll('button')) button.disabled = busy;
+  for (const button of [el.exportCsv, el.exportJson, el.exportHtml]) button.disabled = busy || state.runs.size === 0;
 }
 
 function showStage(stage, done, total) {
@@ -268,6 +310,10 @@ async function loadVolume(name, readBytes) {
     const info = await core.call('inspect', { bytes, fileName: name });
     state.input = { name, bytes, info };
     state.result = null;
+    state.runs = new Map(); // runs and the reference belong to one case
+    state.reference = null;
+    el.referenceInfo.textContent = 'No reference loaded.';
+    showRuns();
     el.runStatus.textContent = '';
     delete el.runStatus.dataset.backend;
     el.progress.value = 0;
@@ -323,16 +369,30 @@ async function run() {
       ({ stage, done, total }) => showStage(stage, done, total),
     );
     const fileName = `${stem(input.name)}_${model.id}.nii.gz`;
-    state.result = { ...value, modelId: model.id, inputName: input.name, fileName, labelInfo: model.labels };
+    const newRun = {
+      ...value,
+      id: model.id,
+      modelId: model.id,
+      modelName: model.name,
+      inputName: input.name,
+      fileName,
+      labelInfo: model.labels,
+      evaluation: null,
+    };
+    state.runs.delete(model.id); // a rerun of a model replaces its run, and moves it last
+    state.runs.set(model.id, newRun);
     el.progress.value = 1;
     el.stage.textContent = 'Done.';
-    showRunStatus(state.result);
-    showLegend(model.labels);
-    try {
-      await viewer.showLabels(value.labels, fileName, model.labels);
-    } catch (err) {
-      showError(`The viewer could not display the segmentation (${err.message ?? err}); it can still be downloaded.`);
+    if (state.reference) {
+      el.stage.textContent = 'Evaluating…';
+      try {
+        newRun.evaluation = await evaluateRun(newRun, state.reference, state.evalSettings);
+        el.stage.textContent = 'Done.';
+      } catch (err) {
+        showError(`The segmentation worked, but its evaluation failed: ${err.message ?? err}`);
+      }
     }
+    await selectRun(model.id);
   } catch (err) {
     showError(err);
     el.stage.textContent = 'Failed.';
@@ -340,6 +400,256 @@ async function run() {
     state.running = false;
     updateControls();
   }
+}
+
+// ---- runs, evaluation, comparison ----------------------------------------------------------
+
+function runList() {
+  return [...state.runs.values()];
+}
+
+function showRuns() {
+  const runs = runList();
+  el.results.hidden = runs.length === 0;
+  el.runs.replaceChildren(
+    ...runs.map((run) => {
+      const item = document.createElement('li');
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.dataset.testid = `run-${run.id}`;
+      button.dataset.run = run.id;
+      button.setAttribute('aria-pressed', String(run === state.result));
+      const total = run.timings_ms?.total;
+      const dice = run.evaluation?.report?.mean?.dice;
+      button.textContent = [
+        run.modelName,
+        BACKEND_NAMES[run.backend] ?? run.backend,
+        typeof total === 'number' && formatSeconds(total),
+        typeof dice === 'number' && `mean Dice ${dice.toFixed(3)}`,
+      ]
+        .filter(Boolean)
+        .join(' · ');
+      button.addEventListener('click', () => selectRun(run.id));
+      item.append(button);
+      return item;
+    }),
+  );
+  el.compareTable.innerHTML = comparisonTable(runs, state.result?.id);
+}
+
+function showEvaluation() {
+  const run = state.result;
+  const evaluation = run?.evaluation;
+  el.evaluation.hidden = !evaluation;
+  el.errorLegend.hidden = !evaluation || !el.errorsToggle.checked;
+  if (!evaluation) {
+    el.evalTable.replaceChildren();
+    el.evalChart.replaceChildren();
+    return;
+  }
+  el.evaluationTitle.textContent =
+    `Evaluation of ${run.modelName} against ${evaluation.referenceName}` +
+    ` (mapping: ${evaluation.mapping ? mappingTitle(evaluation.mapping) : 'none'}, NSD tolerance ${evaluation.toleranceMm} mm)`;
+  el.evalTable.dataset.run = run.id;
+  el.evalTable.innerHTML = evaluationTable(run);
+  el.evalChart.innerHTML = evaluationChart(run);
+}
+
+function mappingTitle(mapping) {
+  if (!mapping.trim().startsWith('{')) return mapping; // a preset key
+  try {
+    return JSON.parse(mapping).name || 'custom';
+  } catch {
+    return 'custom';
+  }
+}
+
+function showErrorLegend() {
+  el.errorLegend.replaceChildren(
+    ...ERROR_COLOURS.filter((c) => c.value !== 0).map((c) => {
+      const item = document.createElement('li');
+      const swatch = document.createElement('span');
+      swatch.className = 'swatch';
+      swatch.style.background = `rgb(${c.rgb.join(',')})`;
+      item.append(swatch, c.name);
+      item.title = `error map value ${c.value}`;
+      return item;
+    }),
+  );
+}
+
+/** Shows the error map of the selected run when there is one and the toggle is on. */
+async function showErrors() {
+  const run = state.result;
+  el.errorLegend.hidden = !run?.evaluation || !el.errorsToggle.checked;
+  try {
+    if (run?.evaluation && el.errorsToggle.checked) {
+      await viewer.showErrors(run.evaluation.errorMap, `${stem(run.fileName)}_errors.nii.gz`);
+    } else {
+      viewer.hideErrors();
+    }
+  } catch (err) {
+    showError(`The viewer could not display the error map (${err.message ?? err}).`);
+  }
+}
+
+/** Makes a run the selected one: its status, legend, segmentation, errors and metrics. */
+async function selectRun(id) {
+  const run = state.runs.get(id);
+  if (!run) return;
+  state.result = run;
+  showRunStatus(run);
+  showLegend(run.labelInfo);
+  showRuns();
+  showEvaluation();
+  updateControls();
+  try {
+    await viewer.showLabels(run.labels, run.fileName, run.labelInfo);
+  } catch (err) {
+    showError(`The viewer could not display the segmentation (${err.message ?? err}); it can still be downloaded.`);
+  }
+  await showErrors();
+}
+
+/** Evaluates one run in the worker; throws with the core's message. */
+async function evaluateRun(run, reference, settings) {
+  const value = await core.call('evaluate', {
+    pred: run.labels,
+    predName: run.fileName,
+    reference: reference.bytes,
+    referenceName: reference.name,
+    mapping: settings.mapping,
+    toleranceMm: settings.toleranceMm,
+  });
+  return { ...value, referenceName: reference.name, mapping: settings.mapping, toleranceMm: settings.toleranceMm };
+}
+
+/**
+ * Evaluates every run against `reference` with `settings`; commits only when all succeed, so a
+ * bad reference or mapping leaves the previous reference, settings and results in place.
+ */
+async function evaluateAll(reference, settings) {
+  const results = [];
+  for (const run of runList()) results.push([run, await evaluateRun(run, reference, settings)]);
+  state.reference = reference;
+  state.evalSettings = settings;
+  for (const [run, evaluation] of results) run.evaluation = evaluation;
+}
+
+/** The mapping and tolerance chosen in the form; throws a clear message when they are invalid. */
+function chosenSettings() {
+  const toleranceMm = Number(el.toleranceInput.value);
+  if (!(el.toleranceInput.value !== '' && Number.isFinite(toleranceMm) && toleranceMm >= 0)) {
+    throw new Error(`The NSD tolerance must be a number of millimetres ≥ 0, not "${el.toleranceInput.value}".`);
+  }
+  let mapping = el.mappingSelect.value;
+  if (mapping === 'custom') {
+    const text = el.mappingJson.value.trim();
+    if (!text) throw new Error('The custom label mapping is empty: enter a mapping JSON or choose a preset.');
+    let parsed;
+    try {
+      parsed = JSON.parse(text);
+    } catch (err) {
+      throw new Error(`The custom label mapping is not valid JSON: ${err.message}`);
+    }
+    if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed) || !Array.isArray(parsed.pairs)) {
+      throw new Error(
+        'The custom label mapping must be an object like {"name": "...", "pairs": [{"model": 1, "reference": [3, 42], "name": "..."}]}.',
+      );
+    }
+    mapping = text;
+  }
+  return { mapping, toleranceMm };
+}
+
+/** Runs an evaluation action with the page busy; errors go to the error box. */
+async function busy(stage, action) {
+  if (state.running) return;
+  clearError();
+  state.running = true;
+  updateControls();
+  el.stage.textContent = stage;
+  try {
+    await action();
+    el.stage.textContent = 'Done.';
+  } catch (err) {
+    showError(err);
+    el.stage.textContent = 'Evaluation failed; the previous results are kept.';
+  } finally {
+    state.running = false;
+    updateControls();
+  }
+  showRuns();
+  showEvaluation();
+  await showErrors();
+  updateControls();
+}
+
+function loadReference(file) {
+  if (!file || !state.input) return;
+  return busy(`Reading reference ${file.name}…`, async () => {
+    let bytes;
+    try {
+      bytes = new Uint8Array(await file.arrayBuffer());
+    } catch (err) {
+      throw new Error(`${file.name} could not be read (${err.message ?? err}).`);
+    }
+    await core.call('inspect', { bytes, fileName: file.name });
+    const reference = { name: file.name, bytes };
+    const settings = chosenSettings();
+    if (state.runs.size) await evaluateAll(reference, settings);
+    else {
+      state.reference = reference;
+      state.evalSettings = settings;
+    }
+    el.referenceInfo.textContent = `Reference: ${file.name}`;
+  });
+}
+
+function applyEvaluation() {
+  if (!state.reference) return;
+  return busy('Evaluating…', () => evaluateAll(state.reference, chosenSettings()));
+}
+
+function showPresets(presets) {
+  state.presets = presets;
+  const custom = el.mappingSelect.querySelector('option[value="custom"]');
+  for (const preset of presets) {
+    const option = new Option(preset.mapping?.name ?? preset.key, preset.key);
+    option.title = `preset ${preset.key}`;
+    el.mappingSelect.insertBefore(option, custom);
+  }
+}
+
+function mappingChanged() {
+  const value = el.mappingSelect.value;
+  el.mappingJson.hidden = value !== 'custom';
+  if (value === 'custom' && !el.mappingJson.value.trim()) {
+    // Start from the first preset, or an example, for the user to edit.
+    const preset = state.presets[0]?.mapping ?? { name: 'custom', pairs: [{ model: 1, reference: [1], name: 'label 1' }] };
+    el.mappingJson.value = JSON.stringify(preset, null, 2);
+  }
+}
+
+function saveFile(text, fileName, type) {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = fileName;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+function exportComparison(kind) {
+  const runs = runList();
+  if (!runs.length) return;
+  const base = `${stem(state.input?.name ?? 'case')}_comparison`;
+  const meta = { caseName: state.input?.name, referenceName: state.reference?.name };
+  if (kind === 'csv') saveFile(comparisonCsv(runs), `${base}.csv`, 'text/csv');
+  if (kind === 'json') saveFile(comparisonJson(runs, meta), `${base}.json`, 'application/json');
+  if (kind === 'html') saveFile(comparisonHtml(runs, meta), `${base}.html`, 'text/html');
 }
 
 function download() {
@@ -370,6 +680,17 @@ el.modelSelect.addEventListener('change', () => {
   if (!state.result) showLegend(selectedModel()?.labels ?? []);
   updateControls();
 });
+el.referenceInput.addEventListener('change', () => {
+  const file = el.referenceInput.files[0];
+  el.referenceInput.value = '';
+  loadReference(file);
+});
+el.mappingSelect.addEventListener('change', mappingChanged);
+el.evaluateButton.addEventListener('click', applyEvaluation);
+el.errorsToggle.addEventListener('change', showErrors);
+el.exportCsv.addEventListener('click', () => exportComparison('csv'));
+el.exportJson.addEventListener('click', () => exportComparison('json'));
+el.exportHtml.addEventListener('click', () => exportComparison('html'));
 el.opacityInput.addEventListener('input', () => viewer.setOpacity(Number(el.opacityInput.value)));
 
 // A file dropped anywhere must not make the browser navigate away from the page.
@@ -389,6 +710,7 @@ if (!('gpu' in navigator)) {
   el.backendSelect.querySelector('option[value="webgpu"]').textContent = 'WebGPU (not available in this browser)';
 }
 viewer.opacity = Number(el.opacityInput.value);
+showErrorLegend();
 updateControls();
 
 viewer.start().catch((err) => {
@@ -401,6 +723,7 @@ core.ready.then(
     state.registry = registry;
     state.ready = true;
     showModels(registry);
+    showPresets(registry.presets);
     updateControls();
   },
   (err) => {

@@ -15,6 +15,13 @@ export function labelColormap(labels) {
   };
 }
 
+/** The error map's colours: 1 = false positive, 2 = false negative. */
+export const ERROR_COLOURS = [
+  { value: 0, name: 'agree', rgb: [0, 0, 0] },
+  { value: 1, name: 'false positive (model only)', rgb: [255, 140, 0] },
+  { value: 2, name: 'false negative (reference only)', rgb: [0, 200, 255] },
+];
+
 export class Viewer {
   /** @param {HTMLCanvasElement} canvas */
   constructor(canvas) {
@@ -22,6 +29,7 @@ export class Viewer {
     this.nv = null;
     this.background = null;
     this.overlay = null;
+    this.errors = null;
     this.opacity = 0.5;
   }
 
@@ -57,6 +65,7 @@ export class Viewer {
     this.nv.addVolume(image);
     this.background = image;
     this.overlay = null;
+    this.errors = null;
     this.nv.setSliceType(this.nv.sliceTypeMultiplanar);
   }
 
@@ -70,13 +79,32 @@ export class Viewer {
     });
     image.setColormapLabel(labelColormap(labels));
     if (this.overlay) this.nv.removeVolume(this.overlay);
+    this.hideErrors();
     this.nv.addVolume(image);
     this.overlay = image;
   }
 
+  /** Shows an error map (.nii.gz: 1 false positive, 2 false negative) above the segmentation. */
+  async showErrors(bytes, fileName) {
+    if (!this.nv || !this.background) return;
+    const image = await NVImage.loadFromUrl({ url: bytes.slice().buffer, name: fileName, opacity: this.opacity });
+    image.setColormapLabel(labelColormap(ERROR_COLOURS));
+    this.hideErrors();
+    this.nv.addVolume(image);
+    this.errors = image;
+  }
+
+  hideErrors() {
+    if (this.nv && this.errors) this.nv.removeVolume(this.errors);
+    this.errors = null;
+  }
+
+  /** The opacity of the segmentation and of the error map. */
   setOpacity(opacity) {
     this.opacity = opacity;
-    if (!this.nv || !this.overlay) return;
-    this.nv.setOpacity(this.nv.getVolumeIndexByID(this.overlay.id), opacity);
+    if (!this.nv) return;
+    for (const image of [this.overlay, this.errors]) {
+      if (image) this.nv.setOpacity(this.nv.getVolumeIndexByID(image.id), opacity);
+    }
   }
 }

@@ -1,24 +1,26 @@
 // The inference worker: loads the Rust core (wasm), fetches and checks model files, runs
 // segmentation, and reports progress. The page talks to it with messages
-//   {id, op: 'inspect' | 'segment', ...}  ->  {id, ok: true, value} | {id, ok: false, error}
+//   {id, op: 'inspect' | 'segment' | 'evaluate', ...}  ->  {id, ok: true, value} | {id, ok: false, error}
 // plus {id, progress: {stage, done, total}} while a segmentation runs. On start it posts
-//   {ready: true, registry} or {ready: false, error}.
-import init, { registry_json, inspect_volume, segment } from '../pkg/insitu.js';
+//   {ready: true, registry, presets} or {ready: false, error}.
+import init, { registry_json, inspect_volume, segment, evaluate, mapping_presets_json } from '../pkg/insitu.js';
 
 const wasmUrl = new URL('../pkg/insitu_bg.wasm', import.meta.url);
 
 let registry = null;
+let presets = [];
 /** modelId -> Promise<Map<fileName, Uint8Array>> of files whose sha256 matched the registry. */
 const modelFiles = new Map();
 
 const ready = (async () => {
   await init(wasmUrl);
   registry = JSON.parse(registry_json());
+  presets = JSON.parse(mapping_presets_json());
   return registry;
 })();
 
 ready.then(
-  (registry) => postMessage({ ready: true, registry }),
+  (registry) => postMessage({ ready: true, registry, presets }),
   (err) => postMessage({ ready: false, error: message(err) }),
 );
 
@@ -126,7 +128,18 @@ const ops = {
       adapter: r.adapter,
       timings_ms: plain(r.timings_ms),
       n_classes: r.n_classes,
+      parameters: r.parameters,
+      gflops: r.gflops,
+      peak_tensor_mb: r.peak_tensor_mb,
+      wasm_heap_mb: r.wasm_heap_mb,
     };
+  },
+
+  /** Metrics of a segmentation against reference labels; `mapping`: "", a preset key or mapping JSON. */
+  async evaluate({ pred, predName, reference, referenceName, mapping, toleranceMm }) {
+    await ready;
+    const r = evaluate(new Uint8Array(pred), predName, new Uint8Array(reference), referenceName, mapping, toleranceMm);
+    return { report: plain(r.report), csv: r.csv, errorMap: new Uint8Array(r.error_map) };
   },
 };
 
@@ -136,7 +149,7 @@ onmessage = async ({ data }) => {
   try {
     if (!ops[op]) throw new Error(`Unknown operation ${op}.`);
     const value = await ops[op](args, progress);
-    const transfer = value && value.labels instanceof Uint8Array ? [value.labels.buffer] : [];
+    const transfer = [value?.labels, value?.errorMap].filter((v) => v instanceof Uint8Array).map((v) => v.buffer);
     postMessage({ id, ok: true, value }, transfer);
   } catch (err) {
     postMessage({ id, ok: false, error: message(err) });

@@ -12,22 +12,28 @@
 //   INSITU_TEST_EXPECTED  `insitu segment --model tissue_fast --crop $INSITU_TEST_VOLUME -o $INSITU_TEST_EXPECTED`
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { basename, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { gunzipSync } from 'node:zlib';
-import { chromium } from 'playwright-core';
+import { basename, join } from 'node:path';
+import {
+  assertSameOrigin,
+  closeShared,
+  failIfMissing,
+  firstDifference,
+  idle,
+  missingBuild,
+  missingFiles,
+  openApp,
+  readNifti,
+  sharedSession,
+} from './helpers.mjs';
 
-const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
-const DIST = join(ROOT, 'dist');
-const CHROMIUM = process.env.INSITU_CHROMIUM ?? '/usr/bin/chromium';
+after(closeShared);
+
 const MODEL = 'tissue_fast';
 const SCREENSHOT = '/tmp/insitu-page.png';
 // SwiftShader runs WebGPU on the CPU: slow, and slower still on 2 cores.
 const RUN_TIMEOUT_MS = 20 * 60_000;
-const STEP_TIMEOUT_MS = 2 * 60_000;
 
 const HOW_TO_RUN = `
 Prepare and run it like this (from the repository root):
@@ -39,146 +45,9 @@ Prepare and run it like this (from the repository root):
 
 /** Fails (never skips) when something the test needs is missing. */
 function requirements({ volumes = true } = {}) {
-  const missing = [];
-  const volume = process.env.INSITU_TEST_VOLUME;
-  const expected = process.env.INSITU_TEST_EXPECTED;
-  if (volumes) {
-    if (!volume) missing.push('env INSITU_TEST_VOLUME is not set');
-    else if (!existsSync(volume)) missing.push(`INSITU_TEST_VOLUME=${volume} does not exist`);
-    if (!expected) missing.push('env INSITU_TEST_EXPECTED is not set');
-    else if (!existsSync(expected)) missing.push(`INSITU_TEST_EXPECTED=${expected} does not exist`);
-  }
-  if (!existsSync(join(DIST, 'index.html'))) missing.push('dist/index.html is missing (npm run build)');
-  if (!existsSync(join(DIST, 'insitu_bg.wasm'))) {
-    missing.push('dist/insitu_bg.wasm is missing (build the wasm core into pkg/, then npm run build)');
-  }
-  if (!existsSync(join(DIST, 'assets/models'))) missing.push('dist/assets/models is missing (insitu fetch --dest dist/assets)');
-  if (!existsSync(join(DIST, 'assets/data/t1_crop.nii.gz'))) {
-    missing.push('dist/assets/data/t1_crop.nii.gz is missing (insitu fetch --dest dist/assets)');
-  }
-  if (!existsSync(CHROMIUM)) missing.push(`${CHROMIUM} is missing (apt-get install chromium)`);
-  if (missing.length) {
-    throw new Error(`The browser test cannot run:\n  - ${missing.join('\n  - ')}\n${HOW_TO_RUN}`);
-  }
-  return { volume, expected };
-}
-
-// ---- NIfTI-1 ------------------------------------------------------------------------------
-
-/** Header fields and the voxel bytes of a NIfTI-1 file (.nii or .nii.gz). */
-function readNifti(bytes, what) {
-  let buf = Buffer.from(bytes);
-  if (buf[0] === 0x1f && buf[1] === 0x8b) buf = gunzipSync(buf);
-  assert.ok(buf.length >= 352, `${what}: only ${buf.length} bytes, too short for a NIfTI-1 file`);
-  const little = buf.readInt32LE(0) === 348;
-  assert.ok(little || buf.readInt32BE(0) === 348, `${what}: sizeof_hdr is not 348: not NIfTI-1`);
-  const i16 = (at) => (little ? buf.readInt16LE(at) : buf.readInt16BE(at));
-  const ndim = i16(40);
-  const dims = Array.from({ length: ndim }, (_, i) => i16(42 + 2 * i));
-  const datatype = i16(70);
-  const bitpix = i16(72);
-  const voxOffset = little ? buf.readFloatLE(108) : buf.readFloatBE(108);
-  const nbytes = (dims.reduce((a, b) => a * b, 1) * bitpix) / 8;
-  assert.ok(buf.length >= voxOffset + nbytes, `${what}: ${buf.length} bytes, header promises ${voxOffset + nbytes}`);
-  return { dims, datatype, bitpix, little, voxels: buf.subarray(voxOffset, voxOffset + nbytes) };
-}
-
-function firstDifference(a, b) {
-  const n = Math.min(a.length, b.length);
-  let count = 0;
-  let first = -1;
-  for (let i = 0; i < n; i++) {
-    if (a[i] !== b[i]) {
-      count++;
-      if (first < 0) first = i;
-    }
-  }
-  return { count, first };
-}
-
-// ---- server and browser -----------------------------------------------------------------
-
-let shared = null;
-
-/** Starts scripts/serve.mjs on a free port and Chromium with a fresh profile, once for all tests. */
-async function setup() {
-  if (shared) return shared;
-  const server = spawn(process.execPath, [join(ROOT, 'scripts/serve.mjs'), '0', DIST], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const origin = await new Promise((resolveUrl, reject) => {
-    let out = '';
-    server.stdout.on('data', (chunk) => {
-      out += chunk;
-      const match = /http:\/\/127\.0\.0\.1:\d+/.exec(out);
-      if (match) resolveUrl(match[0]);
-    });
-    server.on('exit', (code) => reject(new Error(`scripts/serve.mjs exited (${code}) before listening`)));
-  });
-  const profile = mkdtempSync(join(tmpdir(), 'insitu-chromium-'));
-  // playwright-core refuses --user-data-dir in args: a persistent context takes the fresh
-  // profile directory instead. It adds --headless and --no-sandbox itself (headless: true).
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    acceptDownloads: true,
-    viewport: { width: 1400, height: 950 },
-    args: [
-      '--no-sandbox',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--disable-quic',
-      '--enable-unsafe-webgpu',
-    ],
-  });
-  // Every request of every page and of their workers (dedicated workers' fetches are
-  // reported on the context as well as on their page).
-  const requests = [];
-  context.on('request', (request) => requests.push(request.url()));
-  shared = { server, origin, profile, context, requests };
-  return shared;
-}
-
-after(async () => {
-  if (!shared) return;
-  await shared.context.close().catch(() => {});
-  shared.server.kill();
-  rmSync(shared.profile, { recursive: true, force: true });
-});
-
-/** A new page on the app with its console (page and workers) kept for error messages. */
-async function openApp() {
-  const { context, origin } = await setup();
-  const page = await context.newPage();
-  const log = [];
-  page.on('console', (m) => log.push(`[page ${m.type()}] ${m.text()}`));
-  page.on('pageerror', (e) => log.push(`[page error] ${e.message}`));
-  page.on('worker', (worker) => {
-    worker.on('console', (m) => log.push(`[worker ${m.type()}] ${m.text()}`));
-  });
-  page.setDefaultTimeout(STEP_TIMEOUT_MS);
-  await page.goto(`${origin}/`);
-  const consoleTail = () => `\n--- console (last lines) ---\n${log.slice(-40).join('\n')}`;
-  await page.waitForFunction(() => window.insitu?.state.ready || window.insitu?.state.error);
-  const error = await page.evaluate(() => window.insitu.state.error);
-  assert.equal(error, null, `the page did not start: ${error}${consoleTail()}`);
-  return { page, log: consoleTail };
-}
-
-/** Waits until the page is idle again; returns its state's error (null when none). */
-async function idle(page, timeout = STEP_TIMEOUT_MS) {
-  await page.waitForFunction(() => !window.insitu.state.running, null, { timeout, polling: 250 });
-  return page.evaluate(() => window.insitu.state.error);
-}
-
-function assertSameOrigin(requests, origin) {
-  const outside = requests.filter((url) => {
-    if (url.startsWith('data:')) return false; // never leaves the page
-    return new URL(url).origin !== origin; // blob: URLs carry their creator's origin
-  });
-  assert.deepEqual(outside, [], `requests left the page's origin ${origin}`);
+  const missing = volumes ? missingFiles(['INSITU_TEST_VOLUME', 'INSITU_TEST_EXPECTED']) : [];
+  failIfMissing([...missing, ...missingBuild()], HOW_TO_RUN);
+  return { volume: process.env.INSITU_TEST_VOLUME, expected: process.env.INSITU_TEST_EXPECTED };
 }
 
 // ---- tests --------------------------------------------------------------------------------
@@ -194,7 +63,7 @@ test('segments a volume on WebGPU in the worker, same voxels as the native CLI',
       `segment a volume where the model finds tissue (e.g. a 64³ crop, see below).${HOW_TO_RUN}`,
   );
   const { page, log } = await openApp();
-  const { origin, requests } = shared;
+  const { origin, requests } = sharedSession();
 
   // Load the test volume through the file input.
   await page.setInputFiles('[data-testid=file-input]', volume);
@@ -249,7 +118,7 @@ test('segments a volume on WebGPU in the worker, same voxels as the native CLI',
 test('a garbage file shows an error and the page stays usable', { timeout: 10 * 60_000 }, async () => {
   requirements({ volumes: false });
   const { page, log } = await openApp();
-  const { origin, requests } = shared;
+  const { origin, requests } = sharedSession();
 
   await page.click('[data-testid=load-sample]');
   assert.equal(await idle(page), null, `the sample did not load${log()}`);
@@ -294,7 +163,7 @@ test('a garbage file shows an error and the page stays usable', { timeout: 10 * 
 test('a model file that fails to download or fails its checksum shows an error', { timeout: 10 * 60_000 }, async () => {
   requirements({ volumes: false });
   const { page, log } = await openApp();
-  const { origin, requests } = shared;
+  const { origin, requests } = sharedSession();
 
   await page.click('[data-testid=load-sample]');
   assert.equal(await idle(page), null, `the sample did not load${log()}`);
