@@ -90,3 +90,39 @@ fn segment_writes_native_and_conformed_grids_and_eval_reads_them() {
     assert!(!out.status.success());
     assert!(String::from_utf8(out.stderr).unwrap().contains("grids differ"));
 }
+
+#[test]
+fn cohort_eval_segments_each_case_and_writes_one_csv() {
+    let images = scratch("cohort-images");
+    let labels = scratch("cohort-labels");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&labels).unwrap();
+    let t1 = common::data("t1_crop.nii.gz");
+    let reference = common::data("reference/t1_crop_tissue_fast.nii.gz");
+    for (case, start) in [("case_a", "100,100,100"), ("case_b", "96,104,100")] {
+        let crop = format!("{start},48,48,48");
+        let image = images.join(format!("{case}.nii.gz"));
+        let label = labels.join(format!("{case}.nii.gz"));
+        for (src, dst) in [(&t1, &image), (&reference, &label)] {
+            let out = insitu(&["convert", src.to_str().unwrap(), "-o", dst.to_str().unwrap(), "--crop", &crop]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    let report = scratch("cohort.csv");
+    let out = insitu(&[
+        "eval", "--model", "tissue_fast", "--crop", "--images", images.to_str().unwrap(), "--labels",
+        labels.to_str().unwrap(), "-o", report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let progress = String::from_utf8(out.stderr).unwrap();
+    assert!(progress.contains("[1/2] case_a") && progress.contains("[2/2] case_b"), "{progress}");
+    let csv = std::fs::read_to_string(&report).unwrap();
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with("case,model,runtime_ms,label,name,dice,"));
+    let rows: Vec<&str> = lines.collect();
+    for case in ["case_a", "case_b"] {
+        // labels 1 and 2, then the mean row
+        assert_eq!(rows.iter().filter(|r| r.starts_with(&format!("{case},tissue_fast,"))).count(), 3, "{csv}");
+    }
+    assert!(rows.iter().any(|r| r.contains(",White Matter,")), "{csv}");
+}
