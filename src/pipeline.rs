@@ -32,7 +32,7 @@ impl Stage {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SegmentOptions {
     /// Run the network only on the bounding box of the head (grown by the network's receptive
     /// radius) instead of the whole conformed 256³ grid, and call everything outside it
@@ -41,12 +41,6 @@ pub struct SegmentOptions {
     pub crop_to_foreground: bool,
     /// Largest single activation the device may hold (None: unlimited).
     pub max_tensor_bytes: Option<usize>,
-}
-
-impl Default for SegmentOptions {
-    fn default() -> Self {
-        SegmentOptions { crop_to_foreground: false, max_tensor_bytes: None }
-    }
 }
 
 /// Milliseconds spent in each part of a run.

@@ -93,13 +93,14 @@ struct PreparedLayer {
     weight: Tensor<5>,
     bias: Option<Tensor<1>>,
     options: ConvOptions<3>,
-    normalization: PreparedNorm,
+    normalization: Option<InstanceNorm>,
     activation: Activation,
 }
 
-enum PreparedNorm {
-    None,
-    Instance { eps: f32, weight: Option<Tensor<1>>, bias: Option<Tensor<1>> },
+struct InstanceNorm {
+    eps: f32,
+    weight: Option<Tensor<1>>,
+    bias: Option<Tensor<1>>,
 }
 
 impl PreparedNetwork {
@@ -268,8 +269,8 @@ impl PreparedLayer {
     fn forward(&self, x: Tensor<5>) -> Tensor<5> {
         let x = conv3d(x, self.weight.clone(), self.bias.clone(), self.options.clone());
         let x = match &self.normalization {
-            PreparedNorm::None => x,
-            PreparedNorm::Instance { eps, weight, bias } => instance_norm(x, *eps, weight, bias),
+            None => x,
+            Some(norm) => instance_norm(x, norm.eps, &norm.weight, &norm.bias),
         };
         match self.activation {
             Activation::None => x,
@@ -323,12 +324,12 @@ fn prepare_layer(layer: &ConvLayer, axis_order: AxisOrder, device: &Device) -> P
     );
     let vector = |v: &Vec<f32>| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device);
     let normalization = match &layer.normalization {
-        Normalization::None => PreparedNorm::None,
-        Normalization::Instance { eps, weight, bias } => PreparedNorm::Instance {
+        Normalization::None => None,
+        Normalization::Instance { eps, weight, bias } => Some(InstanceNorm {
             eps: *eps,
             weight: weight.as_ref().map(vector),
             bias: bias.as_ref().map(vector),
-        },
+        }),
     };
     let p = layer.padding;
     PreparedLayer {
