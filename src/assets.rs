@@ -32,19 +32,40 @@ pub struct RemoteFile<'a> {
 #[derive(Debug)]
 pub enum AssetError {
     /// Neither the mirror nor the network had it.
-    Unavailable { path: String, tried: Vec<String> },
-    Checksum { path: String, expected: String, actual: String },
-    Io { path: String, error: String },
+    Unavailable {
+        path: String,
+        tried: Vec<String>,
+    },
+    Checksum {
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    Io {
+        path: String,
+        error: String,
+    },
 }
 
 impl fmt::Display for AssetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AssetError::Unavailable { path, tried } => {
-                write!(f, "{path}: not found (tried {}); set {MIRROR_ENV} to a mirror directory", tried.join("; "))
+                write!(
+                    f,
+                    "{path}: not found (tried {}); set {MIRROR_ENV} to a mirror directory",
+                    tried.join("; ")
+                )
             }
-            AssetError::Checksum { path, expected, actual } => {
-                write!(f, "{path}: sha256 {actual} does not match the registry's {expected}")
+            AssetError::Checksum {
+                path,
+                expected,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "{path}: sha256 {actual} does not match the registry's {expected}"
+                )
             }
             AssetError::Io { path, error } => write!(f, "{path}: {error}"),
         }
@@ -69,7 +90,10 @@ pub fn fetch(file: RemoteFile) -> Result<Vec<u8>, AssetError> {
         Ok(bytes) => verified(file, bytes),
         Err(e) => {
             tried.push(format!("{}: {e}", file.url));
-            Err(AssetError::Unavailable { path: file.path.to_string(), tried })
+            Err(AssetError::Unavailable {
+                path: file.path.to_string(),
+                tried,
+            })
         }
     }
 }
@@ -84,7 +108,10 @@ pub fn stage(file: RemoteFile, dest_root: &Path) -> Result<PathBuf, AssetError> 
         }
     }
     let bytes = fetch(file)?;
-    let io = |e: std::io::Error| AssetError::Io { path: dest.display().to_string(), error: e.to_string() };
+    let io = |e: std::io::Error| AssetError::Io {
+        path: dest.display().to_string(),
+        error: e.to_string(),
+    };
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
@@ -107,7 +134,15 @@ fn verified(file: RemoteFile, bytes: Vec<u8>) -> Result<Vec<u8>, AssetError> {
 /// Downloads with the system's curl: keeps TLS out of this crate's build.
 fn download(url: &str) -> Result<Vec<u8>, String> {
     let output = Command::new("curl")
-        .args(["--fail", "--silent", "--show-error", "--location", "--max-time", "120", url])
+        .args([
+            "--fail",
+            "--silent",
+            "--show-error",
+            "--location",
+            "--max-time",
+            "120",
+            url,
+        ])
         .output()
         .map_err(|e| format!("cannot run curl: {e}"))?;
     if output.status.success() {

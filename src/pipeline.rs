@@ -14,7 +14,10 @@ pub enum Stage {
     Conform,
     Normalize,
     /// `done` of `total` layers finished (counted over all slabs).
-    Layer { done: usize, total: usize },
+    Layer {
+        done: usize,
+        total: usize,
+    },
     Postprocess,
     Native,
 }
@@ -66,9 +69,18 @@ pub struct Segmentation {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PipelineError {
-    Read { file: String, error: VolumeError },
-    Preprocess { file: String, error: PreprocessError },
-    Engine { file: String, error: EngineError },
+    Read {
+        file: String,
+        error: VolumeError,
+    },
+    Preprocess {
+        file: String,
+        error: PreprocessError,
+    },
+    Engine {
+        file: String,
+        error: EngineError,
+    },
 }
 
 impl fmt::Display for PipelineError {
@@ -85,7 +97,10 @@ impl std::error::Error for PipelineError {}
 
 /// Reads a volume file from bytes; errors name the file.
 pub fn read_volume(bytes: &[u8], file: &str) -> Result<Volume, PipelineError> {
-    volume::read(bytes).map_err(|error| PipelineError::Read { file: file.to_string(), error })
+    volume::read(bytes).map_err(|error| PipelineError::Read {
+        file: file.to_string(),
+        error,
+    })
 }
 
 /// Segments `volume` (read from `file`, named in errors). `now` returns milliseconds
@@ -99,7 +114,10 @@ pub async fn segment(
     now: &dyn Fn() -> f64,
     progress: &mut dyn FnMut(Stage),
 ) -> Result<Segmentation, PipelineError> {
-    let preprocess_error = |error| PipelineError::Preprocess { file: file.to_string(), error };
+    let preprocess_error = |error| PipelineError::Preprocess {
+        file: file.to_string(),
+        error,
+    };
     let start = now();
     progress(Stage::Conform);
     let conformed = preprocess::conform(volume).map_err(preprocess_error)?;
@@ -116,18 +134,33 @@ pub async fn segment(
     let after_conform = now();
 
     let (region_labels, stats) = network
-        .segment(&normalized, grid.dims, region, options.max_tensor_bytes, &mut |p| {
-            progress(Stage::Layer { done: p.done, total: p.total })
-        })
+        .segment(
+            &normalized,
+            grid.dims,
+            region,
+            options.max_tensor_bytes,
+            &mut |p| {
+                progress(Stage::Layer {
+                    done: p.done,
+                    total: p.total,
+                })
+            },
+        )
         .await
-        .map_err(|error| PipelineError::Engine { file: file.to_string(), error })?;
+        .map_err(|error| PipelineError::Engine {
+            file: file.to_string(),
+            error,
+        })?;
     let after_inference = now();
 
     progress(Stage::Postprocess);
     let mut labels = vec![0u16; grid.voxel_count()];
     insert_box(region, &region_labels, &mut labels, grid.dims);
     preprocess::keep_largest_component(&mut labels, grid.dims);
-    let conformed_labels = LabelMap { geometry: grid, labels };
+    let conformed_labels = LabelMap {
+        geometry: grid,
+        labels,
+    };
 
     progress(Stage::Native);
     let native = preprocess::labels_to_native(
@@ -153,11 +186,15 @@ pub async fn segment(
 /// Scales conformed intensities the way the model expects.
 pub fn normalize(values: &[f32], normalization: InputNormalization) -> Vec<f32> {
     match normalization {
-        InputNormalization::Quantile2To98 => preprocess::quantile_normalize(values, 0.02, 0.98, 1e-3),
+        InputNormalization::Quantile2To98 => {
+            preprocess::quantile_normalize(values, 0.02, 0.98, 1e-3)
+        }
         InputNormalization::MinMax => {
             let (lo, hi) = values
                 .iter()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                    (lo.min(v), hi.max(v))
+                });
             let range = if hi > lo { hi - lo } else { 1.0 };
             values.iter().map(|&v| (v - lo) / range).collect()
         }
@@ -201,7 +238,10 @@ fn foreground_box(volume: &Volume) -> OutputBox {
     if (0..3).any(|a| lo[a] >= hi[a]) {
         return OutputBox::whole(dims);
     }
-    OutputBox { start: lo, size: [0, 1, 2].map(|a| hi[a] - lo[a]) }
+    OutputBox {
+        start: lo,
+        size: [0, 1, 2].map(|a| hi[a] - lo[a]),
+    }
 }
 
 #[cfg(test)]
@@ -213,7 +253,12 @@ mod tests {
         Geometry {
             dims,
             spacing: [1.0; 3],
-            affine: [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]],
+            affine: [
+                [1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
             sform_code: 1,
             qform_code: 1,
         }
@@ -225,9 +270,18 @@ mod tests {
         let mut data = vec![0.0f32; 120];
         data[(2 * 5 + 1) * 6 + 3] = 7.0; // (i=3, j=1, k=2)
         data[(3 * 5 + 2) * 6 + 4] = 9.0; // (i=4, j=2, k=3)
-        let volume = Volume { geometry: grid(dims), data };
+        let volume = Volume {
+            geometry: grid(dims),
+            data,
+        };
         let region = foreground_box(&volume);
-        assert_eq!(region, OutputBox { start: [3, 1, 2], size: [2, 2, 2] });
+        assert_eq!(
+            region,
+            OutputBox {
+                start: [3, 1, 2],
+                size: [2, 2, 2]
+            }
+        );
         let mut out = vec![0u16; 120];
         insert_box(region, &[1, 2, 3, 4, 5, 6, 7, 8], &mut out, dims);
         assert_eq!(out[(2 * 5 + 1) * 6 + 3], 1);
@@ -237,7 +291,10 @@ mod tests {
 
     #[test]
     fn empty_volume_keeps_the_whole_grid() {
-        let volume = Volume { geometry: grid([3, 3, 3]), data: vec![0.0; 27] };
+        let volume = Volume {
+            geometry: grid([3, 3, 3]),
+            data: vec![0.0; 27],
+        };
         assert_eq!(foreground_box(&volume), OutputBox::whole([3, 3, 3]));
     }
 }

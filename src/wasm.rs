@@ -2,9 +2,9 @@
 //! Everything here converts between JS values and core types; no logic of its own.
 
 use crate::engine::PreparedNetwork;
+use crate::metrics::{self, EvalOptions, LabelMapping};
 use crate::models::{self, ModelFiles, Registry};
 use crate::pipeline::{self, SegmentOptions, Stage};
-use crate::metrics::{self, EvalOptions, LabelMapping};
 use crate::volume::{nifti, LabelMap};
 use burn::tensor::Device;
 use js_sys::{Function, Map, Object, Reflect, Uint8Array};
@@ -28,7 +28,8 @@ pub fn registry_json() -> String {
 /// Geometry of a volume file, or an error naming the file and the problem.
 #[wasm_bindgen]
 pub fn inspect_volume(bytes: &[u8], file_name: &str) -> Result<JsValue, JsError> {
-    let volume = pipeline::read_volume(bytes, file_name).map_err(|e| JsError::new(&e.to_string()))?;
+    let volume =
+        pipeline::read_volume(bytes, file_name).map_err(|e| JsError::new(&e.to_string()))?;
     let g = &volume.geometry;
     let info = serde_json::json!({
         "dims": g.dims,
@@ -61,19 +62,32 @@ pub fn evaluate(
     let reference = labels(reference, reference_name)?;
     let mapping = match mapping.trim() {
         "" => None,
-        text if text.starts_with('{') => Some(LabelMapping::from_json(text).map_err(|e| error(&e))?),
-        key => Some(metrics::preset(key).ok_or_else(|| JsError::new(&format!("unknown mapping preset {key}")))?),
+        text if text.starts_with('{') => {
+            Some(LabelMapping::from_json(text).map_err(|e| error(&e))?)
+        }
+        key => Some(
+            metrics::preset(key)
+                .ok_or_else(|| JsError::new(&format!("unknown mapping preset {key}")))?,
+        ),
     };
-    let options = EvalOptions { tolerance_mm, labels: None };
+    let options = EvalOptions {
+        tolerance_mm,
+        labels: None,
+    };
     let report = metrics::evaluate(&pred, &reference, mapping.as_ref(), &options)
         .map_err(|e| error(&format!("{pred_name} vs {reference_name}: {e}")))?;
     let errors = metrics::error_map(&pred, &reference, mapping.as_ref()).map_err(|e| error(&e))?;
     let out = Object::new();
-    let report_value = js_sys::JSON::parse(&report.to_json()).map_err(|_| JsError::new("report JSON"))?;
+    let report_value =
+        js_sys::JSON::parse(&report.to_json()).map_err(|_| JsError::new("report JSON"))?;
     Reflect::set(&out, &"report".into(), &report_value)
         .and_then(|_| Reflect::set(&out, &"csv".into(), &report.to_csv().into()))
         .and_then(|_| {
-            Reflect::set(&out, &"error_map".into(), &Uint8Array::from(nifti::write_labels(&errors, true).as_slice()).into())
+            Reflect::set(
+                &out,
+                &"error_map".into(),
+                &Uint8Array::from(nifti::write_labels(&errors, true).as_slice()).into(),
+            )
         })
         .map_err(|_| JsError::new("cannot build the result object"))?;
     Ok(out.into())
@@ -117,11 +131,17 @@ async fn gpu() -> Result<std::rc::Rc<Gpu>, String> {
         device,
         adapter: format!(
             "{}{}",
-            if info.name.is_empty() { "WebGPU adapter" } else { info.name.as_str() },
+            if info.name.is_empty() {
+                "WebGPU adapter"
+            } else {
+                info.name.as_str()
+            },
             if fallback { " (fallback adapter)" } else { "" }
         ),
         fallback,
-        max_buffer_bytes: limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) as usize,
+        max_buffer_bytes: limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size) as usize,
     });
     GPU.with(|g| *g.borrow_mut() = Some(gpu.clone()));
     Ok(gpu)
@@ -146,13 +166,21 @@ pub async fn segment(
 ) -> Result<JsValue, JsError> {
     let error = |e: &dyn std::fmt::Display| JsError::new(&e.to_string());
     let report = |stage: &str, done: usize, total: usize| {
-        let _ = on_progress.call3(&JsValue::NULL, &stage.into(), &(done as u32).into(), &(total as u32).into());
+        let _ = on_progress.call3(
+            &JsValue::NULL,
+            &stage.into(),
+            &(done as u32).into(),
+            &(total as u32).into(),
+        );
     };
     let backend = Reflect::get(&options, &"backend".into())
         .ok()
         .and_then(|v| v.as_string())
         .unwrap_or_else(|| "auto".into());
-    let crop = Reflect::get(&options, &"crop".into()).ok().and_then(|v| v.as_bool()).unwrap_or(true);
+    let crop = Reflect::get(&options, &"crop".into())
+        .ok()
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true);
 
     report("read", 0, 1);
     let volume = pipeline::read_volume(&input.to_vec(), &file_name).map_err(|e| error(&e))?;
@@ -166,22 +194,44 @@ pub async fn segment(
     for (name, bytes) in &model_files {
         entry.verify(name, bytes).map_err(|e| error(&e))?;
     }
-    let network = models::load_network(&model_files).map_err(|e| error(&format!("model {model_id}: {e}")))?;
+    let network =
+        models::load_network(&model_files).map_err(|e| error(&format!("model {model_id}: {e}")))?;
 
     let (device, backend_name, adapter, budget) = match backend.as_str() {
-        "cpu" => (Device::flex(), "cpu", "wasm simd128".to_string(), CPU_TENSOR_BUDGET),
+        "cpu" => (
+            Device::flex(),
+            "cpu",
+            "wasm simd128".to_string(),
+            CPU_TENSOR_BUDGET,
+        ),
         wanted => match gpu().await {
             // A software (fallback) adapter is slower than our CPU path; auto skips it.
-            Ok(gpu) if wanted == "webgpu" || !gpu.fallback => {
-                (gpu.device.clone(), "webgpu", gpu.adapter.clone(), gpu.max_buffer_bytes)
-            }
-            Ok(gpu) => (Device::flex(), "cpu", format!("wasm simd128 (skipped {})", gpu.adapter), CPU_TENSOR_BUDGET),
+            Ok(gpu) if wanted == "webgpu" || !gpu.fallback => (
+                gpu.device.clone(),
+                "webgpu",
+                gpu.adapter.clone(),
+                gpu.max_buffer_bytes,
+            ),
+            Ok(gpu) => (
+                Device::flex(),
+                "cpu",
+                format!("wasm simd128 (skipped {})", gpu.adapter),
+                CPU_TENSOR_BUDGET,
+            ),
             Err(e) if wanted == "webgpu" => return Err(JsError::new(&e)),
-            Err(e) => (Device::flex(), "cpu", format!("wasm simd128 ({e})"), CPU_TENSOR_BUDGET),
+            Err(e) => (
+                Device::flex(),
+                "cpu",
+                format!("wasm simd128 ({e})"),
+                CPU_TENSOR_BUDGET,
+            ),
         },
     };
     let prepared = PreparedNetwork::new(&network, &device);
-    let seg_options = SegmentOptions { crop_to_foreground: crop, max_tensor_bytes: Some(budget) };
+    let seg_options = SegmentOptions {
+        crop_to_foreground: crop,
+        max_tensor_bytes: Some(budget),
+    };
     let now = js_sys::Date::now;
     let mut progress = |stage: Stage| match stage {
         Stage::Layer { done, total } => report("layer", done, total),
@@ -210,8 +260,18 @@ pub async fn segment(
         .and_then(|_| set("n_classes", (network.n_classes() as u32).into()))
         .and_then(|_| set("parameters", (network.parameter_count() as f64).into()))
         .and_then(|_| set("gflops", (result.flops as f64 / 1e9).into()))
-        .and_then(|_| set("peak_tensor_mb", (result.peak_tensor_bytes as f64 / 1048576.0).into()))
-        .and_then(|_| set("wasm_heap_mb", (wasm_heap_bytes() as f64 / 1048576.0).into()))
+        .and_then(|_| {
+            set(
+                "peak_tensor_mb",
+                (result.peak_tensor_bytes as f64 / 1048576.0).into(),
+            )
+        })
+        .and_then(|_| {
+            set(
+                "wasm_heap_mb",
+                (wasm_heap_bytes() as f64 / 1048576.0).into(),
+            )
+        })
         .map_err(|_| JsError::new("cannot build the result object"))?;
     Ok(out.into())
 }

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn insitu(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_insitu")).args(args).output().expect("insitu runs")
+    Command::new(env!("CARGO_BIN_EXE_insitu"))
+        .args(args)
+        .output()
+        .expect("insitu runs")
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -23,7 +26,9 @@ fn models_lists_the_registry_with_the_default_marked() {
     for id in ["tissue_fast", "subcortical", "DKatlas", "mindgrab"] {
         assert!(text.contains(id), "{id} missing from:\n{text}");
     }
-    assert!(text.lines().any(|l| l.starts_with("tissue_fast") && l.contains("(default)")));
+    assert!(text
+        .lines()
+        .any(|l| l.starts_with("tissue_fast") && l.contains("(default)")));
 }
 
 #[test]
@@ -31,7 +36,10 @@ fn segment_help_documents_both_output_spaces() {
     let out = insitu(&["segment", "--help"]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("native") && text.contains("conformed"), "{text}");
+    assert!(
+        text.contains("native") && text.contains("conformed"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -39,32 +47,75 @@ fn bad_input_fails_with_one_line_naming_the_file() {
     let bad = scratch("bad.nii.gz");
     std::fs::write(&bad, b"\x1f\x8b\x08\x00 definitely not a volume").unwrap();
     let out_path = scratch("never.nii.gz");
-    let out = insitu(&["segment", "--model", "tissue_fast", bad.to_str().unwrap(), "-o", out_path.to_str().unwrap()]);
+    let out = insitu(&[
+        "segment",
+        "--model",
+        "tissue_fast",
+        bad.to_str().unwrap(),
+        "-o",
+        out_path.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.trim_end().lines().count(), 1, "expected one line, got:\n{err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "expected one line, got:\n{err}"
+    );
     assert!(err.contains("bad.nii.gz"), "{err}");
     assert!(!out_path.exists());
 
-    let out = insitu(&["segment", "--model", "no_such_model", bad.to_str().unwrap(), "-o", out_path.to_str().unwrap()]);
+    let out = insitu(&[
+        "segment",
+        "--model",
+        "no_such_model",
+        bad.to_str().unwrap(),
+        "-o",
+        out_path.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8(out.stderr).unwrap().contains("no_such_model"));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("no_such_model"));
 }
 
 #[test]
 fn segment_writes_native_and_conformed_grids_and_eval_reads_them() {
     let small = scratch("small.nii.gz");
     let t1 = common::data("t1_crop.nii.gz");
-    let out = insitu(&["convert", t1.to_str().unwrap(), "-o", small.to_str().unwrap(), "--crop", "100,100,100,48,48,48"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = insitu(&[
+        "convert",
+        t1.to_str().unwrap(),
+        "-o",
+        small.to_str().unwrap(),
+        "--crop",
+        "100,100,100,48,48,48",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let native = scratch("native.nii.gz");
     let conformed = scratch("conformed.nii.gz");
     for (path, space) in [(&native, "native"), (&conformed, "conformed")] {
         let out = insitu(&[
-            "segment", "--model", "tissue_fast", "--crop", small.to_str().unwrap(), "-o", path.to_str().unwrap(), "--space", space,
+            "segment",
+            "--model",
+            "tissue_fast",
+            "--crop",
+            small.to_str().unwrap(),
+            "-o",
+            path.to_str().unwrap(),
+            "--space",
+            space,
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let dims = |path: &PathBuf| {
         let out = insitu(&["info", "--json", path.to_str().unwrap()]);
@@ -76,8 +127,19 @@ fn segment_writes_native_and_conformed_grids_and_eval_reads_them() {
     assert_eq!(dims(&conformed), serde_json::json!([256, 256, 256]));
 
     // A segmentation compared with itself is perfect, and the JSON has the documented shape.
-    let out = insitu(&["eval", "--pred", native.to_str().unwrap(), "--ref", native.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = insitu(&[
+        "eval",
+        "--pred",
+        native.to_str().unwrap(),
+        "--ref",
+        native.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for label in ["1", "2"] {
         assert_eq!(report["labels"][label]["dice"], 1.0);
@@ -86,9 +148,17 @@ fn segment_writes_native_and_conformed_grids_and_eval_reads_them() {
     assert_eq!(report["mean"]["nsd"], 1.0);
 
     // Different grids are refused with a reason, not compared voxel by voxel.
-    let out = insitu(&["eval", "--pred", native.to_str().unwrap(), "--ref", conformed.to_str().unwrap()]);
+    let out = insitu(&[
+        "eval",
+        "--pred",
+        native.to_str().unwrap(),
+        "--ref",
+        conformed.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8(out.stderr).unwrap().contains("grids differ"));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("grids differ"));
 }
 
 #[test]
@@ -104,25 +174,60 @@ fn cohort_eval_segments_each_case_and_writes_one_csv() {
         let image = images.join(format!("{case}.nii.gz"));
         let label = labels.join(format!("{case}.nii.gz"));
         for (src, dst) in [(&t1, &image), (&reference, &label)] {
-            let out = insitu(&["convert", src.to_str().unwrap(), "-o", dst.to_str().unwrap(), "--crop", &crop]);
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let out = insitu(&[
+                "convert",
+                src.to_str().unwrap(),
+                "-o",
+                dst.to_str().unwrap(),
+                "--crop",
+                &crop,
+            ]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
     let report = scratch("cohort.csv");
     let out = insitu(&[
-        "eval", "--model", "tissue_fast", "--crop", "--images", images.to_str().unwrap(), "--labels",
-        labels.to_str().unwrap(), "-o", report.to_str().unwrap(),
+        "eval",
+        "--model",
+        "tissue_fast",
+        "--crop",
+        "--images",
+        images.to_str().unwrap(),
+        "--labels",
+        labels.to_str().unwrap(),
+        "-o",
+        report.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let progress = String::from_utf8(out.stderr).unwrap();
-    assert!(progress.contains("[1/2] case_a") && progress.contains("[2/2] case_b"), "{progress}");
+    assert!(
+        progress.contains("[1/2] case_a") && progress.contains("[2/2] case_b"),
+        "{progress}"
+    );
     let csv = std::fs::read_to_string(&report).unwrap();
     let mut lines = csv.lines();
-    assert!(lines.next().unwrap().starts_with("case,model,runtime_ms,label,name,dice,"));
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("case,model,runtime_ms,label,name,dice,"));
     let rows: Vec<&str> = lines.collect();
     for case in ["case_a", "case_b"] {
         // labels 1 and 2, then the mean row
-        assert_eq!(rows.iter().filter(|r| r.starts_with(&format!("{case},tissue_fast,"))).count(), 3, "{csv}");
+        assert_eq!(
+            rows.iter()
+                .filter(|r| r.starts_with(&format!("{case},tissue_fast,")))
+                .count(),
+            3,
+            "{csv}"
+        );
     }
     assert!(rows.iter().any(|r| r.contains(",White Matter,")), "{csv}");
 }

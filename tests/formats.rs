@@ -81,7 +81,11 @@ fn check(name: &str, v: &Volume, exp: &Value, tol: f64) {
             );
         }
     }
-    assert_eq!(v.data.len(), v.geometry.voxel_count(), "{name}: data length");
+    assert_eq!(
+        v.data.len(),
+        v.geometry.voxel_count(),
+        "{name}: data length"
+    );
     let d = v.geometry.dims;
     for s in exp["samples"].as_array().unwrap() {
         let idx: Vec<usize> = (0..3).map(|k| s[k].as_u64().unwrap() as usize).collect();
@@ -205,8 +209,14 @@ fn nrrd_detached_header_with_its_data_file() {
         other => panic!("{other:?}"),
     }
     // Without its data file: an error naming the missing file.
-    let err = read_files(&files[..1].iter().cloned().chain([files[2].clone()]).collect::<Vec<_>>())
-        .unwrap_err();
+    let err = read_files(
+        &files[..1]
+            .iter()
+            .cloned()
+            .chain([files[2].clone()])
+            .collect::<Vec<_>>(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("detached.raw"), "{err}");
     // Alone, the header says where its data is.
     let err = nrrd::read_nrrd(&files[0].1).unwrap_err();
@@ -226,13 +236,24 @@ fn metaimage_fixtures_match_simpleitk() {
         assert_eq!(read(&bytes).unwrap().data, v.data);
     }
     let files = vec![
-        ("dir/oblique_uint8.mhd".to_string(), fixture("oblique_uint8.mhd")),
-        ("dir/oblique_uint8.raw".to_string(), fixture("oblique_uint8.raw")),
+        (
+            "dir/oblique_uint8.mhd".to_string(),
+            fixture("oblique_uint8.mhd"),
+        ),
+        (
+            "dir/oblique_uint8.raw".to_string(),
+            fixture("oblique_uint8.raw"),
+        ),
     ];
     match read_files(&files).unwrap() {
         FilesContent::Volume { volume, format, .. } => {
             assert_eq!(format, Format::MetaImage);
-            check("oblique_uint8.mhd", &volume, entry(&all, "oblique_uint8.mhd"), 1e-9);
+            check(
+                "oblique_uint8.mhd",
+                &volume,
+                entry(&all, "oblique_uint8.mhd"),
+                1e-9,
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -313,11 +334,18 @@ fn dicom_sagittal_series_matches_dcm2niix_and_pydicom() {
     check(
         "siemens series (pydicom)",
         &v,
-        entry(&all, "shared:dicom/siemens_prisma_sagittal_gre_series2/dicom"),
+        entry(
+            &all,
+            "shared:dicom/siemens_prisma_sagittal_gre_series2/dicom",
+        ),
         1e-4,
     );
     assert_eq!(v.geometry.orientation_code(), "PIR");
-    assert!((v.geometry.spacing[2] - 5.0).abs() < 1e-4, "{:?}", v.geometry.spacing);
+    assert!(
+        (v.geometry.spacing[2] - 5.0).abs() < 1e-4,
+        "{:?}",
+        v.geometry.spacing
+    );
     // dcm2niix's conversion, compared in canonical orientation: equal voxels, affine to 1e-3.
     let reference = nifti::read_nifti(&shared_file(
         "dicom/siemens_prisma_sagittal_gre_series2/ref/2_gre_field_mapping_PMUlog.nii",
@@ -327,12 +355,21 @@ fn dicom_sagittal_series_matches_dcm2niix_and_pydicom() {
     let (rd, ra, rv) = canonical(&reference);
     assert_eq!(md, rd);
     assert_eq!(mv, rv, "voxels differ from dcm2niix");
-    let exp = entry(&all, "shared:dicom/siemens_prisma_sagittal_gre_series2/ref (canonical)");
+    let exp = entry(
+        &all,
+        "shared:dicom/siemens_prisma_sagittal_gre_series2/ref (canonical)",
+    );
     for r in 0..4 {
         for c in 0..4 {
-            assert!((ma[r][c] - ra[r][c]).abs() < 1e-3, "affine {ma:?} vs dcm2niix {ra:?}");
+            assert!(
+                (ma[r][c] - ra[r][c]).abs() < 1e-3,
+                "affine {ma:?} vs dcm2niix {ra:?}"
+            );
             let e = exp["affine"][r][c].as_f64().unwrap();
-            assert!((ma[r][c] - e).abs() < 1e-3, "affine {ma:?} vs nibabel canonical");
+            assert!(
+                (ma[r][c] - e).abs() < 1e-3,
+                "affine {ma:?} vs nibabel canonical"
+            );
         }
     }
     // Order of the files does not matter; the slices are sorted by position.
@@ -363,7 +400,11 @@ fn dicom_jpeg2000_ct_series_matches_pydicom() {
     };
     check("example_ct_dicom", &v, exp, 1e-4);
     // Spacing from positions (2 mm), not SliceThickness (3 mm).
-    assert!((v.geometry.spacing[2] - 2.0).abs() < 1e-6, "{:?}", v.geometry.spacing);
+    assert!(
+        (v.geometry.spacing[2] - 2.0).abs() < 1e-6,
+        "{:?}",
+        v.geometry.spacing
+    );
 }
 
 #[test]
@@ -427,7 +468,10 @@ fn dicom_file_in_the_wrong_series_is_an_error_naming_it() {
     ));
     let err = read_files(&files).unwrap_err();
     let m = err.to_string();
-    assert!(m.contains("intruder.dcm") && m.contains("not one series"), "{m}");
+    assert!(
+        m.contains("intruder.dcm") && m.contains("not one series"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -441,7 +485,9 @@ fn dicom_two_slices_at_one_position_is_an_error() {
 
 #[test]
 fn dicom_unsupported_compression_names_the_syntax() {
-    let m = read(&fixture("MR_small_as_jpegls.dcm")).unwrap_err().to_string();
+    let m = read(&fixture("MR_small_as_jpegls.dcm"))
+        .unwrap_err()
+        .to_string();
     assert!(
         m.contains("JPEG-LS Lossless") && m.contains("1.2.840.10008.1.2.4.80"),
         "{m}"
@@ -464,7 +510,9 @@ fn dicom_broken_pixel_data_is_an_error() {
 fn pixel_data_header(bytes: &[u8]) -> usize {
     bytes
         .windows(6)
-        .rposition(|w| w == [0xE0, 0x7F, 0x10, 0x00, b'O', b'W'] || w == [0xE0, 0x7F, 0x10, 0x00, b'O', b'B'])
+        .rposition(|w| {
+            w == [0xE0, 0x7F, 0x10, 0x00, b'O', b'W'] || w == [0xE0, 0x7F, 0x10, 0x00, b'O', b'B']
+        })
         .expect("PixelData header")
 }
 
@@ -591,7 +639,10 @@ fn volume_writers_round_trip() {
     let v = metaimage::read_mha(&fixture("compressed_float.mha")).unwrap();
     for gz in [false, true] {
         let back = nrrd::read_nrrd(&nrrd::write_volume(&v, gz)).unwrap();
-        assert_eq!((back.data.clone(), back.geometry.dims), (v.data.clone(), v.geometry.dims));
+        assert_eq!(
+            (back.data.clone(), back.geometry.dims),
+            (v.data.clone(), v.geometry.dims)
+        );
         let back = mgh::read_mgh(&mgh::write_volume(&v, gz)).unwrap();
         assert_eq!(back.data, v.data);
         let back = metaimage::read_mha(&metaimage::write_mha_volume(&v, gz)).unwrap();
@@ -615,8 +666,15 @@ fn formats_are_detected_from_content() {
         ("MR_small_rle.dcm", Format::Dicom),
     ];
     for (name, format) in cases {
-        assert_eq!(detect_format(None, &fixture(name)).unwrap(), format, "{name}");
-        assert_eq!(Format::from_name(name).map(|f| f.name()), Some(format.name()));
+        assert_eq!(
+            detect_format(None, &fixture(name)).unwrap(),
+            format,
+            "{name}"
+        );
+        assert_eq!(
+            Format::from_name(name).map(|f| f.name()),
+            Some(format.name())
+        );
     }
     let t1 = shared_file("t1_crop.nii.gz");
     assert_eq!(detect_format(None, &t1).unwrap(), Format::NiftiGz);
@@ -724,9 +782,17 @@ fn nrrd_bad_inputs() {
     let raw = fixture("lps_raw_int16.nrrd");
     let gz = fixture("ras_gzip_float.nrrd");
     // Truncated gzip.
-    expect_err(nrrd::read_nrrd(&gz[..gz.len() - 40]), truncated_or_decompress, &["gzip"]);
+    expect_err(
+        nrrd::read_nrrd(&gz[..gz.len() - 40]),
+        truncated_or_decompress,
+        &["gzip"],
+    );
     // More voxels promised than the file holds.
-    expect_err(nrrd::read_nrrd(&raw[..raw.len() - 10]), truncated, &["6x5x4", "int16"]);
+    expect_err(
+        nrrd::read_nrrd(&raw[..raw.len() - 10]),
+        truncated,
+        &["6x5x4", "int16"],
+    );
     // Absurd dimensions.
     expect_err(
         nrrd::read_nrrd(&edit(&raw, "sizes: 6 5 4", "sizes: 100000 100000 100000")),
@@ -762,11 +828,19 @@ fn nrrd_bad_inputs() {
 fn mgh_bad_inputs() {
     let mgz = fixture("labels_int32.mgz");
     let mgh_raw = fixture("float_oblique.mgh");
-    expect_err(mgh::read_mgh(&mgz[..mgz.len() / 2]), truncated_or_decompress, &[]);
+    expect_err(
+        mgh::read_mgh(&mgz[..mgz.len() / 2]),
+        truncated_or_decompress,
+        &[],
+    );
     // Header cut short (wrong header size).
     expect_err(mgh::read_mgh(&mgh_raw[..200]), truncated, &["284 bytes"]);
     // More voxels promised than present.
-    expect_err(mgh::read_mgh(&mgh_raw[..400]), truncated, &["5x4x6", "float32"]);
+    expect_err(
+        mgh::read_mgh(&mgh_raw[..400]),
+        truncated,
+        &["5x4x6", "float32"],
+    );
     // Absurd dimensions.
     let mut big = mgh_raw.clone();
     for k in 0..3 {
@@ -776,11 +850,18 @@ fn mgh_bad_inputs() {
     // Unknown data type.
     let mut t = mgh_raw.clone();
     t[20..24].copy_from_slice(&7i32.to_be_bytes());
-    expect_err(mgh::read_mgh(&t), bad_header, &["type 7", "MRI_FLOAT_COMPLEX"]);
+    expect_err(
+        mgh::read_mgh(&t),
+        bad_header,
+        &["type 7", "MRI_FLOAT_COMPLEX"],
+    );
     // Wrong version.
     let mut v = mgh_raw.clone();
     v[0..4].copy_from_slice(&2i32.to_be_bytes());
-    assert!(matches!(mgh::read_mgh(&v), Err(VolumeError::NotRecognized(_))));
+    assert!(matches!(
+        mgh::read_mgh(&v),
+        Err(VolumeError::NotRecognized(_))
+    ));
     // Zero voxel size.
     let mut z = mgh_raw.clone();
     z[30..34].copy_from_slice(&0f32.to_be_bytes());
@@ -791,19 +872,31 @@ fn mgh_bad_inputs() {
 fn metaimage_bad_inputs() {
     let mha = fixture("oblique_int16.mha");
     let zmha = fixture("compressed_float.mha");
-    expect_err(metaimage::read_mha(&mha[..mha.len() - 7]), truncated, &["7x5x4", "int16"]);
+    expect_err(
+        metaimage::read_mha(&mha[..mha.len() - 7]),
+        truncated,
+        &["7x5x4", "int16"],
+    );
     expect_err(
         metaimage::read_mha(&zmha[..zmha.len() - 30]),
         truncated_or_decompress,
         &[],
     );
     expect_err(
-        metaimage::read_mha(&edit(&mha, "DimSize = 7 5 4", "DimSize = 70000 70000 70000")),
+        metaimage::read_mha(&edit(
+            &mha,
+            "DimSize = 7 5 4",
+            "DimSize = 70000 70000 70000",
+        )),
         too_large,
         &["70000x70000x70000"],
     );
     expect_err(
-        metaimage::read_mha(&edit(&mha, "ElementType = MET_SHORT", "ElementType = MET_FOO")),
+        metaimage::read_mha(&edit(
+            &mha,
+            "ElementType = MET_SHORT",
+            "ElementType = MET_FOO",
+        )),
         bad_header,
         &["MET_FOO"],
     );
@@ -813,7 +906,11 @@ fn metaimage_bad_inputs() {
         &["NDims"],
     );
     // .mhd whose HeaderSize skips past the end of its data file.
-    let hdr = edit(&fixture("oblique_uint8.mhd"), "ElementDataFile", "HeaderSize = 1000\nElementDataFile");
+    let hdr = edit(
+        &fixture("oblique_uint8.mhd"),
+        "ElementDataFile",
+        "HeaderSize = 1000\nElementDataFile",
+    );
     expect_err(
         metaimage::read_mhd(&hdr, &fixture("oblique_uint8.raw")),
         truncated,
@@ -845,4 +942,3 @@ fn regression_inputs_do_not_panic() {
     }
     eprintln!("{n} regression inputs read without panicking");
 }
-

@@ -11,7 +11,9 @@ use insitu::volume::{nifti, LabelMap};
 use std::time::Instant;
 
 fn model_files(model_id: &str) -> ModelFiles {
-    let entry = Registry::builtin().get(model_id).expect("model in registry");
+    let entry = Registry::builtin()
+        .get(model_id)
+        .expect("model in registry");
     let mut files = ModelFiles::new();
     for file in &entry.files {
         let bytes = assets::fetch(RemoteFile {
@@ -27,7 +29,9 @@ fn model_files(model_id: &str) -> ModelFiles {
 }
 
 fn segment_file(model_id: &str, input: &std::path::Path, options: &SegmentOptions) -> Segmentation {
-    let entry = Registry::builtin().get(model_id).expect("model in registry");
+    let entry = Registry::builtin()
+        .get(model_id)
+        .expect("model in registry");
     let network = models::load_network(&model_files(model_id)).expect("model loads");
     let prepared = PreparedNetwork::new(&network, &burn::tensor::Device::flex());
     let bytes = std::fs::read(input).expect("input file");
@@ -48,7 +52,8 @@ fn segment_file(model_id: &str, input: &std::path::Path, options: &SegmentOption
 }
 
 fn read_labels(path: &std::path::Path) -> LabelMap {
-    let volume = nifti::read_nifti(&std::fs::read(path).expect("reference file")).expect("reference reads");
+    let volume =
+        nifti::read_nifti(&std::fs::read(path).expect("reference file")).expect("reference reads");
     LabelMap::from_volume(&volume).expect("reference holds labels")
 }
 
@@ -56,9 +61,18 @@ fn read_labels(path: &std::path::Path) -> LabelMap {
 fn agreement(ours: &LabelMap, reference: &LabelMap) -> (f64, Vec<(u16, f64)>) {
     assert_eq!(ours.geometry.dims, reference.geometry.dims);
     let n = ours.labels.len();
-    let same = ours.labels.iter().zip(&reference.labels).filter(|(a, b)| a == b).count();
+    let same = ours
+        .labels
+        .iter()
+        .zip(&reference.labels)
+        .filter(|(a, b)| a == b)
+        .count();
     let max = ours.max_label().max(reference.max_label()) as usize;
-    let (mut both, mut a_count, mut b_count) = (vec![0u64; max + 1], vec![0u64; max + 1], vec![0u64; max + 1]);
+    let (mut both, mut a_count, mut b_count) = (
+        vec![0u64; max + 1],
+        vec![0u64; max + 1],
+        vec![0u64; max + 1],
+    );
     for (&a, &b) in ours.labels.iter().zip(&reference.labels) {
         a_count[a as usize] += 1;
         b_count[b as usize] += 1;
@@ -68,7 +82,12 @@ fn agreement(ours: &LabelMap, reference: &LabelMap) -> (f64, Vec<(u16, f64)>) {
     }
     let dice = (0..=max)
         .filter(|&l| a_count[l] + b_count[l] > 0)
-        .map(|l| (l as u16, 2.0 * both[l] as f64 / (a_count[l] + b_count[l]) as f64))
+        .map(|l| {
+            (
+                l as u16,
+                2.0 * both[l] as f64 / (a_count[l] + b_count[l]) as f64,
+            )
+        })
         .collect();
     (same as f64 / n as f64, dice)
 }
@@ -79,7 +98,10 @@ fn assert_matches_reference(model_id: &str, reference_file: &str) {
     let result = segment_file(model_id, &input, &SegmentOptions::default());
     let reference = read_labels(&common::data(reference_file));
     let (agree, dice) = agreement(&result.conformed, &reference);
-    let worst = dice.iter().cloned().fold((0, 1.0f64), |w, d| if d.1 < w.1 { d } else { w });
+    let worst = dice
+        .iter()
+        .cloned()
+        .fold((0, 1.0f64), |w, d| if d.1 < w.1 { d } else { w });
     eprintln!(
         "{model_id}: {:.4} % voxels agree with {reference_file}, {} labels, worst Dice {:.5} (label {}), mean Dice {:.5}, {:.1} s",
         100.0 * agree,
@@ -89,14 +111,21 @@ fn assert_matches_reference(model_id: &str, reference_file: &str) {
         dice.iter().map(|d| d.1).sum::<f64>() / dice.len() as f64,
         clock.elapsed().as_secs_f64()
     );
-    assert!(agree >= 0.999, "{model_id}: only {:.4} % of voxels agree", 100.0 * agree);
+    assert!(
+        agree >= 0.999,
+        "{model_id}: only {:.4} % of voxels agree",
+        100.0 * agree
+    );
     for (label, d) in &dice {
         assert!(*d >= 0.995, "{model_id}: label {label} Dice {d:.5} < 0.995");
     }
     // The input is already on the conformed grid, so native-space output must coincide.
     assert_eq!(result.native.geometry.dims, result.conformed.geometry.dims);
     let (native_agree, _) = agreement(&result.native, &result.conformed);
-    assert_eq!(native_agree, 1.0, "{model_id}: native output differs from conformed on an identity grid");
+    assert_eq!(
+        native_agree, 1.0,
+        "{model_id}: native output differs from conformed on an identity grid"
+    );
 }
 
 #[test]
@@ -112,19 +141,31 @@ fn dkatlas_matches_brainchop_cli_in_boxes() {
     let entry = Registry::builtin().get("DKatlas").unwrap();
     let network = models::load_network(&model_files("DKatlas")).unwrap();
     let prepared = PreparedNetwork::new(&network, &burn::tensor::Device::flex());
-    let volume = nifti::read_nifti(&std::fs::read(common::data("t1_crop.nii.gz")).unwrap()).unwrap();
+    let volume =
+        nifti::read_nifti(&std::fs::read(common::data("t1_crop.nii.gz")).unwrap()).unwrap();
     let conformed = insitu::preprocess::conform(&volume).unwrap();
     let input = pipeline::normalize(&conformed.volume.data, entry.input.normalization);
     let reference = read_labels(&common::data("reference/t1_crop_DKatlas.nii.gz"));
     let dims = conformed.volume.geometry.dims;
     // Boxes through cortex, deep grey matter and the cerebellum.
-    let boxes = [[110, 90, 100], [80, 120, 140], [150, 150, 80], [170, 100, 150]];
+    let boxes = [
+        [110, 90, 100],
+        [80, 120, 140],
+        [150, 150, 80],
+        [170, 100, 150],
+    ];
     let (mut same, mut total) = (0usize, 0usize);
     let mut labels_seen = std::collections::BTreeSet::new();
     for start in boxes {
         let size = [16, 16, 16];
         let clock = Instant::now();
-        let (ours, _) = pollster::block_on(prepared.segment_box(&input, dims, OutputBox { start, size }, &mut |_| {})).unwrap();
+        let (ours, _) = pollster::block_on(prepared.segment_box(
+            &input,
+            dims,
+            OutputBox { start, size },
+            &mut |_| {},
+        ))
+        .unwrap();
         let mut n = 0;
         for k in start[2]..start[2] + size[2] {
             for j in start[1]..start[1] + size[1] {
@@ -137,11 +178,23 @@ fn dkatlas_matches_brainchop_cli_in_boxes() {
             }
         }
         total += n;
-        eprintln!("DKatlas box at {start:?}: {:.1} s", clock.elapsed().as_secs_f64());
+        eprintln!(
+            "DKatlas box at {start:?}: {:.1} s",
+            clock.elapsed().as_secs_f64()
+        );
     }
     let agree = same as f64 / total as f64;
-    eprintln!("DKatlas: {:.4} % of {total} voxels in {} boxes agree, {} distinct labels there", 100.0 * agree, boxes.len(), labels_seen.len());
-    assert!(labels_seen.len() >= 12, "boxes should cross many structures, saw {}", labels_seen.len());
+    eprintln!(
+        "DKatlas: {:.4} % of {total} voxels in {} boxes agree, {} distinct labels there",
+        100.0 * agree,
+        boxes.len(),
+        labels_seen.len()
+    );
+    assert!(
+        labels_seen.len() >= 12,
+        "boxes should cross many structures, saw {}",
+        labels_seen.len()
+    );
     assert!(agree >= 0.999, "only {:.4} % agree", 100.0 * agree);
 }
 
@@ -173,11 +226,20 @@ fn native_space_output_overlays_the_input() {
     let path = dir.join("crop.nii.gz");
     std::fs::write(&path, nifti::write_volume(&small, true)).unwrap();
 
-    let result = segment_file("tissue_fast", &path, &SegmentOptions { crop_to_foreground: true, max_tensor_bytes: None });
+    let result = segment_file(
+        "tissue_fast",
+        &path,
+        &SegmentOptions {
+            crop_to_foreground: true,
+            max_tensor_bytes: None,
+        },
+    );
     assert_eq!(result.native.geometry.dims, small.geometry.dims);
     for r in 0..3 {
         for c in 0..4 {
-            assert!((result.native.geometry.affine[r][c] - small.geometry.affine[r][c]).abs() < 1e-4);
+            assert!(
+                (result.native.geometry.affine[r][c] - small.geometry.affine[r][c]).abs() < 1e-4
+            );
         }
     }
     // Against the whole-volume reference cut to the same box: the crop changes the
@@ -190,7 +252,10 @@ fn native_space_output_overlays_the_input() {
     let expected = insitu::volume::crop(&reference_volume, [90, 80, 70], [80, 96, 112]).unwrap();
     let expected = LabelMap::from_volume(&expected).unwrap();
     let (agree, dice) = agreement(&result.native, &expected);
-    eprintln!("cropped input, native grid: {:.2} % agree with the reference, Dice {dice:?}", 100.0 * agree);
+    eprintln!(
+        "cropped input, native grid: {:.2} % agree with the reference, Dice {dice:?}",
+        100.0 * agree
+    );
     assert!(agree > 0.9, "only {:.2} % agree", 100.0 * agree);
     std::fs::remove_dir_all(&dir).ok();
 }

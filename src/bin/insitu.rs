@@ -4,8 +4,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use insitu::assets;
 use insitu::engine::PreparedNetwork;
-use insitu::models::{self, ModelEntry, ModelFiles, Registry};
 use insitu::metrics::{self, EvalOptions, LabelMapping, Report};
+use insitu::models::{self, ModelEntry, ModelFiles, Registry};
 use insitu::pipeline::{self, SegmentOptions, Segmentation, Stage};
 use insitu::volume::{self, nifti, FilesContent, Format, LabelMap, Volume};
 use std::io::Write;
@@ -13,7 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "insitu", version, about = "Medical image segmentation that runs where the data lives")]
+#[command(
+    name = "insitu",
+    version,
+    about = "Medical image segmentation that runs where the data lives"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -140,22 +144,69 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Models => list_models(),
-        Command::Segment { model, input, output, space, crop, device, like_input, series } => {
-            segment(model, &input, &output, space, crop, device, like_input, series.as_deref())
-        }
-        Command::Info { input, json, series } => info(&input, json, series.as_deref()),
-        Command::Convert { input, output, crop } => convert(&input, &output, crop),
+        Command::Segment {
+            model,
+            input,
+            output,
+            space,
+            crop,
+            device,
+            like_input,
+            series,
+        } => segment(
+            model,
+            &input,
+            &output,
+            space,
+            crop,
+            device,
+            like_input,
+            series.as_deref(),
+        ),
+        Command::Info {
+            input,
+            json,
+            series,
+        } => info(&input, json, series.as_deref()),
+        Command::Convert {
+            input,
+            output,
+            crop,
+        } => convert(&input, &output, crop),
         Command::Fetch { dest, models } => fetch(&dest, &models),
-        Command::Eval { pred, reference, map, tolerance_mm, json, model, images, labels_dir, output, crop } => {
+        Command::Eval {
+            pred,
+            reference,
+            map,
+            tolerance_mm,
+            json,
+            model,
+            images,
+            labels_dir,
+            output,
+            crop,
+        } => {
             let mapping = map.as_deref().map(load_mapping).transpose()?;
-            let options = EvalOptions { tolerance_mm, labels: None };
+            let options = EvalOptions {
+                tolerance_mm,
+                labels: None,
+            };
             match (model, images, labels_dir, output) {
-                (Some(model), Some(images), Some(labels), Some(output)) => {
-                    eval_cohort(&model, &images, &labels, &output, mapping.as_ref(), &options, crop)
-                }
+                (Some(model), Some(images), Some(labels), Some(output)) => eval_cohort(
+                    &model,
+                    &images,
+                    &labels,
+                    &output,
+                    mapping.as_ref(),
+                    &options,
+                    crop,
+                ),
                 _ => eval_pair(
-                    pred.as_deref().ok_or_else(|| anyhow!("--pred is required"))?,
-                    reference.as_deref().ok_or_else(|| anyhow!("--ref is required"))?,
+                    pred.as_deref()
+                        .ok_or_else(|| anyhow!("--pred is required"))?,
+                    reference
+                        .as_deref()
+                        .ok_or_else(|| anyhow!("--ref is required"))?,
                     mapping.as_ref(),
                     &options,
                     json,
@@ -209,7 +260,8 @@ fn read_input_as(path: &Path, series: Option<&str>) -> Result<(Volume, Format)> 
         list_files(path, 3, &mut entries).with_context(|| format!("{name}: cannot list"))?;
         entries.sort();
         for entry in entries {
-            let bytes = std::fs::read(&entry).with_context(|| format!("{}: cannot read", entry.display()))?;
+            let bytes = std::fs::read(&entry)
+                .with_context(|| format!("{}: cannot read", entry.display()))?;
             files.push((entry.display().to_string(), bytes));
         }
     } else {
@@ -220,9 +272,15 @@ fn read_input_as(path: &Path, series: Option<&str>) -> Result<(Volume, Format)> 
             if let Some(dir) = path.parent() {
                 for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                     let p = entry.path();
-                    if p != path && p.is_file() && p.metadata().is_ok_and(|m| m.len() < (4u64 << 30)) {
+                    if p != path
+                        && p.is_file()
+                        && p.metadata().is_ok_and(|m| m.len() < (4u64 << 30))
+                    {
                         let text = String::from_utf8_lossy(&files[0].1).to_string();
-                        if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| text.contains(n)) {
+                        if p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| text.contains(n))
+                        {
                             files.push((p.display().to_string(), std::fs::read(&p)?));
                         }
                     }
@@ -231,9 +289,16 @@ fn read_input_as(path: &Path, series: Option<&str>) -> Result<(Volume, Format)> 
         }
     }
     match volume::read_files(&files).map_err(|e| anyhow!("{name}: {e}"))? {
-        FilesContent::Volume { volume, format, skipped } => {
+        FilesContent::Volume {
+            volume,
+            format,
+            skipped,
+        } => {
             if !skipped.is_empty() {
-                eprintln!("insitu: {name}: skipped {} file(s) that are not part of the volume", skipped.len());
+                eprintln!(
+                    "insitu: {name}: skipped {} file(s) that are not part of the volume",
+                    skipped.len()
+                );
             }
             Ok((volume, format))
         }
@@ -245,12 +310,22 @@ fn read_input_as(path: &Path, series: Option<&str>) -> Result<(Volume, Format)> 
                     let lines: Vec<String> = list
                         .series
                         .iter()
-                        .map(|s| format!("  {}  {} {} ({} files, {:?})", s.uid, s.modality, s.description, s.files, s.dims))
+                        .map(|s| {
+                            format!(
+                                "  {}  {} {} ({} files, {:?})",
+                                s.uid, s.modality, s.description, s.files, s.dims
+                            )
+                        })
                         .collect();
-                    bail!("{name}: holds {} DICOM series; pick one with --series UID:\n{}", list.series.len(), lines.join("\n"));
+                    bail!(
+                        "{name}: holds {} DICOM series; pick one with --series UID:\n{}",
+                        list.series.len(),
+                        lines.join("\n")
+                    );
                 }
             };
-            let volume = volume::dicom::read_series(&files, &chosen).map_err(|e| anyhow!("{name}: {e}"))?;
+            let volume =
+                volume::dicom::read_series(&files, &chosen).map_err(|e| anyhow!("{name}: {e}"))?;
             Ok((volume, Format::Dicom))
         }
     }
@@ -274,9 +349,13 @@ fn device(choice: DeviceChoice) -> Result<burn::tensor::Device> {
     match choice {
         DeviceChoice::Cpu => Ok(burn::tensor::Device::flex()),
         #[cfg(feature = "gpu")]
-        DeviceChoice::Gpu => Ok(burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        DeviceChoice::Gpu => Ok(burn::tensor::Device::wgpu(
+            burn::tensor::DeviceKind::DefaultDevice,
+        )),
         #[cfg(not(feature = "gpu"))]
-        DeviceChoice::Gpu => bail!("this build has no GPU support; rebuild with `cargo build --release --features gpu`"),
+        DeviceChoice::Gpu => bail!(
+            "this build has no GPU support; rebuild with `cargo build --release --features gpu`"
+        ),
     }
 }
 
@@ -298,11 +377,21 @@ fn segment(
     };
     let (volume, format) = read_input_as(input, series)?;
     let prepared = prepare_model(entry, choice)?;
-    let result = run_model(entry, &prepared, &volume, &input.display().to_string(), crop)?;
+    let result = run_model(
+        entry,
+        &prepared,
+        &volume,
+        &input.display().to_string(),
+        crop,
+    )?;
     eprintln!(
         "\r{} on {}: conform {:.0} ms, inference {:.0} ms, native {:.0} ms, total {:.0} ms",
         entry.id,
-        if choice == DeviceChoice::Cpu { "cpu" } else { "gpu" },
+        if choice == DeviceChoice::Cpu {
+            "cpu"
+        } else {
+            "gpu"
+        },
         result.timings.conform,
         result.timings.inference,
         result.timings.native,
@@ -333,7 +422,10 @@ fn run_model(
     name: &str,
     crop: bool,
 ) -> Result<Segmentation> {
-    let options = SegmentOptions { crop_to_foreground: crop, max_tensor_bytes: None };
+    let options = SegmentOptions {
+        crop_to_foreground: crop,
+        max_tensor_bytes: None,
+    };
     let clock = Instant::now();
     let now = || clock.elapsed().as_secs_f64() * 1000.0;
     let mut progress = |stage: Stage| {
@@ -364,18 +456,37 @@ fn load_mapping(spec: &str) -> Result<LabelMapping> {
     if let Some(mapping) = metrics::preset(spec) {
         return Ok(mapping);
     }
-    let text = std::fs::read_to_string(spec)
-        .with_context(|| format!("{spec}: neither a preset ({}) nor a readable file", preset_names()))?;
+    let text = std::fs::read_to_string(spec).with_context(|| {
+        format!(
+            "{spec}: neither a preset ({}) nor a readable file",
+            preset_names()
+        )
+    })?;
     LabelMapping::from_json(&text).map_err(|e| anyhow!("{spec}: {e}"))
 }
 
 fn preset_names() -> String {
-    metrics::presets().iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+    metrics::presets()
+        .iter()
+        .map(|(k, _)| *k)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-fn eval_pair(pred: &Path, reference: &Path, mapping: Option<&LabelMapping>, options: &EvalOptions, json: bool) -> Result<()> {
-    let report = metrics::evaluate(&read_labels(pred)?, &read_labels(reference)?, mapping, options)
-        .with_context(|| format!("{} vs {}", pred.display(), reference.display()))?;
+fn eval_pair(
+    pred: &Path,
+    reference: &Path,
+    mapping: Option<&LabelMapping>,
+    options: &EvalOptions,
+    json: bool,
+) -> Result<()> {
+    let report = metrics::evaluate(
+        &read_labels(pred)?,
+        &read_labels(reference)?,
+        mapping,
+        options,
+    )
+    .with_context(|| format!("{} vs {}", pred.display(), reference.display()))?;
     if json {
         println!("{}", report.to_json());
     } else {
@@ -385,7 +496,13 @@ fn eval_pair(pred: &Path, reference: &Path, mapping: Option<&LabelMapping>, opti
 }
 
 fn print_table(report: &Report) {
-    let f = |v: f64| if v.is_finite() { format!("{v:.4}") } else { "inf".into() };
+    let f = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.4}")
+        } else {
+            "inf".into()
+        }
+    };
     println!(
         "{:>6} {:<24} {:>7} {:>7} {:>9} {:>9} {:>7} {:>10} {:>10}",
         "label", "name", "dice", "iou", "hd95_mm", "assd_mm", "nsd", "pred_ml", "ref_ml"
@@ -408,7 +525,14 @@ fn print_table(report: &Report) {
     let mean = &report.mean;
     println!(
         "{:>6} {:<24} {:>7} {:>7} {:>9} {:>9} {:>7}   (NSD at {} mm)",
-        "mean", "", o(mean.dice), o(mean.iou), o(mean.hd95), o(mean.assd), o(mean.nsd), report.tolerance_mm
+        "mean",
+        "",
+        o(mean.dice),
+        o(mean.iou),
+        o(mean.hd95),
+        o(mean.assd),
+        o(mean.nsd),
+        report.tolerance_mm
     );
 }
 
@@ -420,16 +544,24 @@ fn matching_label(image: &Path, labels: &Path) -> Option<PathBuf> {
     if exact.is_file() {
         return Some(exact);
     }
-    std::fs::read_dir(labels).ok()?.flatten().map(|e| e.path()).find(|p| {
-        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| volume_stem(n) == stem)
-    })
+    std::fs::read_dir(labels)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| volume_stem(n) == stem)
+        })
 }
 
 fn volume_stem(name: &str) -> &str {
-    [".nii.gz", ".nii", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd"]
-        .iter()
-        .find_map(|ext| name.strip_suffix(ext))
-        .unwrap_or(name)
+    [
+        ".nii.gz", ".nii", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd",
+    ]
+    .iter()
+    .find_map(|ext| name.strip_suffix(ext))
+    .unwrap_or(name)
 }
 
 fn eval_cohort(
@@ -456,17 +588,38 @@ fn eval_cohort(
     let prepared = prepare_model(entry, DeviceChoice::Cpu)?;
     let mut csv = String::new();
     for (n, image) in cases.iter().enumerate() {
-        let case = image.file_name().and_then(|n| n.to_str()).map(volume_stem).unwrap_or("?").to_string();
+        let case = image
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(volume_stem)
+            .unwrap_or("?")
+            .to_string();
         eprintln!("[{}/{}] {case}", n + 1, cases.len());
-        let reference = matching_label(image, labels)
-            .ok_or_else(|| anyhow!("{}: no label file for it in {}", image.display(), labels.display()))?;
+        let reference = matching_label(image, labels).ok_or_else(|| {
+            anyhow!(
+                "{}: no label file for it in {}",
+                image.display(),
+                labels.display()
+            )
+        })?;
         let volume = read_input(image)?;
-        let result = run_model(entry, &prepared, &volume, &image.display().to_string(), crop)?;
-        let mut report = metrics::evaluate(&result.native, &read_labels(&reference)?, mapping, options)
-            .with_context(|| format!("{} vs {}", image.display(), reference.display()))?;
+        let result = run_model(
+            entry,
+            &prepared,
+            &volume,
+            &image.display().to_string(),
+            crop,
+        )?;
+        let mut report =
+            metrics::evaluate(&result.native, &read_labels(&reference)?, mapping, options)
+                .with_context(|| format!("{} vs {}", image.display(), reference.display()))?;
         for m in &mut report.labels {
             if m.name.is_none() {
-                m.name = entry.labels.iter().find(|l| l.value == m.label).map(|l| l.name.clone());
+                m.name = entry
+                    .labels
+                    .iter()
+                    .find(|l| l.value == m.label)
+                    .map(|l| l.name.clone());
             }
         }
         let table = report.to_csv();
@@ -476,7 +629,10 @@ fn eval_cohort(
             csv.push_str(&format!("case,model,runtime_ms,{header}\n"));
         }
         for line in lines {
-            csv.push_str(&format!("{},{},{:.0},{line}\n", case, entry.id, result.timings.total));
+            csv.push_str(&format!(
+                "{},{},{:.0},{line}\n",
+                case, entry.id, result.timings.total
+            ));
         }
     }
     std::fs::write(output, csv).with_context(|| format!("{}: cannot write", output.display()))?;
@@ -493,7 +649,12 @@ fn write_labels(labels: &LabelMap, output: &Path) -> Result<()> {
 fn info(input: &Path, json: bool, series: Option<&str>) -> Result<()> {
     let (volume, format) = read_input_as(input, series)?;
     let g = &volume.geometry;
-    let (min, max) = volume.data.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let (min, max) = volume
+        .data
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
     if json {
         let info = serde_json::json!({
             "format": format!("{format:?}"),
@@ -510,10 +671,16 @@ fn info(input: &Path, json: bool, series: Option<&str>) -> Result<()> {
     println!("format      {format:?}");
     println!("range       {min} .. {max}");
     println!("dims        {} x {} x {}", g.dims[0], g.dims[1], g.dims[2]);
-    println!("spacing     {:.4} x {:.4} x {:.4} mm", g.spacing[0], g.spacing[1], g.spacing[2]);
+    println!(
+        "spacing     {:.4} x {:.4} x {:.4} mm",
+        g.spacing[0], g.spacing[1], g.spacing[2]
+    );
     println!("orientation {}", g.orientation_code());
     for row in &g.affine {
-        println!("affine      {:>10.4} {:>10.4} {:>10.4} {:>10.4}", row[0], row[1], row[2], row[3]);
+        println!(
+            "affine      {:>10.4} {:>10.4} {:>10.4} {:>10.4}",
+            row[0], row[1], row[2], row[3]
+        );
     }
     Ok(())
 }
@@ -523,7 +690,9 @@ fn parse_box(text: &str) -> Result<[usize; 6], String> {
         .split(',')
         .map(|v| v.trim().parse::<usize>().map_err(|e| format!("{v:?}: {e}")))
         .collect::<Result<_, _>>()?;
-    values.try_into().map_err(|_| "expected six numbers: i0,j0,k0,ni,nj,nk".to_string())
+    values
+        .try_into()
+        .map_err(|_| "expected six numbers: i0,j0,k0,ni,nj,nk".to_string())
 }
 
 fn convert(input: &Path, output: &Path, crop: Option<[usize; 6]>) -> Result<()> {
@@ -542,10 +711,19 @@ fn fetch(dest: &Path, only: &[String]) -> Result<()> {
     for id in only {
         registry.get(id)?;
     }
-    for entry in registry.models().iter().filter(|m| only.is_empty() || only.contains(&m.id)) {
+    for entry in registry
+        .models()
+        .iter()
+        .filter(|m| only.is_empty() || only.contains(&m.id))
+    {
         for file in &entry.files {
             let path = assets::stage(
-                assets::RemoteFile { collection: "models", path: &file.path, url: &file.url, sha256: &file.sha256 },
+                assets::RemoteFile {
+                    collection: "models",
+                    path: &file.path,
+                    url: &file.url,
+                    sha256: &file.sha256,
+                },
                 dest,
             )?;
             println!("{}", path.display());
@@ -553,7 +731,12 @@ fn fetch(dest: &Path, only: &[String]) -> Result<()> {
     }
     for sample in registry.samples() {
         let path = assets::stage(
-            assets::RemoteFile { collection: "data", path: &sample.path, url: &sample.url, sha256: &sample.sha256 },
+            assets::RemoteFile {
+                collection: "data",
+                path: &sample.path,
+                url: &sample.url,
+                sha256: &sample.sha256,
+            },
             dest,
         )?;
         println!("{}", path.display());

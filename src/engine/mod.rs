@@ -48,7 +48,10 @@ pub struct OutputBox {
 
 impl OutputBox {
     pub fn whole(dims: [usize; 3]) -> OutputBox {
-        OutputBox { start: [0; 3], size: dims }
+        OutputBox {
+            start: [0; 3],
+            size: dims,
+        }
     }
 }
 
@@ -156,7 +159,9 @@ impl PreparedNetwork {
         // The input a pass over `out` reads: `out` grown by the halo, clipped to the volume.
         let [wi, wj, wk] = [0, 1, 2].map(|a| {
             let lo = out.start[a].saturating_sub(r);
-            (out.start[a] + out.size[a] + r).min(dims[a]).saturating_sub(lo)
+            (out.start[a] + out.size[a] + r)
+                .min(dims[a])
+                .saturating_sub(lo)
         });
         let plane = wi * wj;
         let max_slab_voxels = max_tensor_bytes.map(|b| b / (4 * self.widest_layer));
@@ -176,7 +181,12 @@ impl PreparedNetwork {
                     ))
                 })?
             }
-            _ => vec![Slab { input_start: 0, input_end: out.size[2], output_start: 0, output_end: out.size[2] }],
+            _ => vec![Slab {
+                input_start: 0,
+                input_end: out.size[2],
+                output_start: 0,
+                output_end: out.size[2],
+            }],
         };
 
         let total = slabs.len() * self.layers.len();
@@ -186,10 +196,19 @@ impl PreparedNetwork {
             let offset = n * self.layers.len();
             let part = OutputBox {
                 start: [out.start[0], out.start[1], out.start[2] + slab.output_start],
-                size: [out.size[0], out.size[1], slab.output_end - slab.output_start],
+                size: [
+                    out.size[0],
+                    out.size[1],
+                    slab.output_end - slab.output_start,
+                ],
             };
             let (slab_labels, slab_stats) = self
-                .segment_box(input, dims, part, &mut |p| progress(LayerProgress { done: offset + p.done, total }))
+                .segment_box(input, dims, part, &mut |p| {
+                    progress(LayerProgress {
+                        done: offset + p.done,
+                        total,
+                    })
+                })
                 .await?;
             labels.extend(slab_labels);
             stats.add(slab_stats);
@@ -208,8 +227,12 @@ impl PreparedNetwork {
         progress: &mut dyn FnMut(LayerProgress),
     ) -> Result<(Vec<u16>, RunStats), EngineError> {
         let [ni, nj, nk] = dims;
-        if input.len() != ni * nj * nk || (0..3).any(|a| out.size[a] == 0 || out.start[a] + out.size[a] > dims[a]) {
-            return Err(EngineError::BadInput(format!("box {out:?} outside a {ni}x{nj}x{nk} volume")));
+        if input.len() != ni * nj * nk
+            || (0..3).any(|a| out.size[a] == 0 || out.start[a] + out.size[a] > dims[a])
+        {
+            return Err(EngineError::BadInput(format!(
+                "box {out:?} outside a {ni}x{nj}x{nk} volume"
+            )));
         }
         let r = self.receptive_radius;
         let lo = [0, 1, 2].map(|a| out.start[a].saturating_sub(r));
@@ -222,7 +245,8 @@ impl PreparedNetwork {
                 values.extend_from_slice(&input[row + lo[0]..row + hi[0]]);
             }
         }
-        let mut x = Tensor::<5>::from_data(TensorData::new(values, [1, 1, bk, bj, bi]), &self.device);
+        let mut x =
+            Tensor::<5>::from_data(TensorData::new(values, [1, 1, bk, bj, bi]), &self.device);
         let mut stats = RunStats::default();
         let (mut cur_lo, mut cur_hi) = (lo, hi);
         let mut remaining = r;
@@ -238,7 +262,8 @@ impl PreparedNetwork {
             remaining -= layer.halo;
             if !self.has_global_normalization {
                 let new_lo = [0, 1, 2].map(|a| out.start[a].saturating_sub(remaining));
-                let new_hi = [0, 1, 2].map(|a| (out.start[a] + out.size[a] + remaining).min(dims[a]));
+                let new_hi =
+                    [0, 1, 2].map(|a| (out.start[a] + out.size[a] + remaining).min(dims[a]));
                 for (a, axis) in [(0, 4), (1, 3), (2, 2)] {
                     x = x.narrow(axis, new_lo[a] - cur_lo[a], new_hi[a] - new_lo[a]);
                 }
@@ -246,7 +271,10 @@ impl PreparedNetwork {
             }
             // Wait for the layer so progress means finished work, not queued work.
             self.wait_for(&x).await?;
-            progress(LayerProgress { done: done + 1, total });
+            progress(LayerProgress {
+                done: done + 1,
+                total,
+            });
         }
         let keep = x
             .narrow(2, out.start[2] - cur_lo[2], out.size[2])
@@ -267,7 +295,12 @@ impl PreparedNetwork {
 
 impl PreparedLayer {
     fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let x = conv3d(x, self.weight.clone(), self.bias.clone(), self.options.clone());
+        let x = conv3d(
+            x,
+            self.weight.clone(),
+            self.bias.clone(),
+            self.options.clone(),
+        );
         let x = match &self.normalization {
             None => x,
             Some(norm) => instance_norm(x, norm.eps, &norm.weight, &norm.bias),
@@ -284,7 +317,12 @@ impl PreparedLayer {
 }
 
 /// Per-channel normalization over all positions (GroupNorm with one channel per group).
-fn instance_norm(x: Tensor<5>, eps: f32, weight: &Option<Tensor<1>>, bias: &Option<Tensor<1>>) -> Tensor<5> {
+fn instance_norm(
+    x: Tensor<5>,
+    eps: f32,
+    weight: &Option<Tensor<1>>,
+    bias: &Option<Tensor<1>>,
+) -> Tensor<5> {
     let [b, c, d, h, w] = x.dims();
     let flat = x.reshape([b, c, d * h * w]);
     let mean = flat.clone().mean_dim(2);
@@ -316,13 +354,16 @@ fn prepare_layer(layer: &ConvLayer, axis_order: AxisOrder, device: &Device) -> P
     let k = layer.kernel_size;
     let weight = match axis_order {
         AxisOrder::Kji => layer.weight.clone(),
-        AxisOrder::Ijk => transpose_kernel(&layer.weight, layer.out_channels * layer.in_channels, k),
+        AxisOrder::Ijk => {
+            transpose_kernel(&layer.weight, layer.out_channels * layer.in_channels, k)
+        }
     };
     let weight = Tensor::<5>::from_data(
         TensorData::new(weight, [layer.out_channels, layer.in_channels, k, k, k]),
         device,
     );
-    let vector = |v: &Vec<f32>| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device);
+    let vector =
+        |v: &Vec<f32>| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device);
     let normalization = match &layer.normalization {
         Normalization::None => None,
         Normalization::Instance { eps, weight, bias } => Some(InstanceNorm {

@@ -12,10 +12,20 @@ pub struct Slab {
 
 /// Splits `depth` slices of `plane` voxels into slabs of at most `max_voxels` voxels each,
 /// with a halo of `radius` slices on each inner side. None when not even one slice fits.
-pub fn plan_slabs(depth: usize, plane: usize, radius: usize, max_voxels: usize) -> Option<Vec<Slab>> {
+pub fn plan_slabs(
+    depth: usize,
+    plane: usize,
+    radius: usize,
+    max_voxels: usize,
+) -> Option<Vec<Slab>> {
     let max_slices = max_voxels / plane.max(1);
     if max_slices >= depth {
-        return Some(vec![Slab { input_start: 0, input_end: depth, output_start: 0, output_end: depth }]);
+        return Some(vec![Slab {
+            input_start: 0,
+            input_end: depth,
+            output_start: 0,
+            output_end: depth,
+        }]);
     }
     let interior = max_slices.checked_sub(2 * radius).filter(|&n| n > 0)?;
     let mut slabs = Vec::new();

@@ -331,7 +331,11 @@ pub const FALSE_NEGATIVE: u16 = 2;
 /// Where the prediction is wrong, on the reference grid: [`FALSE_POSITIVE`] where it assigns a
 /// label the reference does not have there (including a wrong foreground label),
 /// [`FALSE_NEGATIVE`] where it leaves a reference structure as background, 0 elsewhere.
-pub fn error_map(pred: &LabelMap, reference: &LabelMap, mapping: Option<&LabelMapping>) -> Result<LabelMap, MetricsError> {
+pub fn error_map(
+    pred: &LabelMap,
+    reference: &LabelMap,
+    mapping: Option<&LabelMapping>,
+) -> Result<LabelMap, MetricsError> {
     check_grids(pred, reference)?;
     if let Some(m) = mapping {
         m.validate()?;
@@ -347,7 +351,10 @@ pub fn error_map(pred: &LabelMap, reference: &LabelMap, mapping: Option<&LabelMa
             _ => FALSE_POSITIVE,
         })
         .collect();
-    Ok(LabelMap { geometry: reference.geometry.clone(), labels })
+    Ok(LabelMap {
+        geometry: reference.geometry.clone(),
+        labels,
+    })
 }
 
 fn check_grids(pred: &LabelMap, reference: &LabelMap) -> Result<(), MetricsError> {

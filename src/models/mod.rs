@@ -3,9 +3,9 @@
 //! A [`Network`] is plain data (weights as `f32` vectors, layer hyper-parameters); the
 //! [`crate::engine`] turns it into burn tensors on whatever device runs it.
 
-pub mod registry;
 mod meshnet_json;
 mod pth;
+pub mod registry;
 mod tfjs;
 
 pub use registry::{ModelEntry, Registry};
@@ -28,7 +28,11 @@ pub enum Normalization {
     None,
     /// Per-channel normalization over all spatial positions of the *whole* volume
     /// (brainchop-cli's `GroupNorm(num_groups = channels)`), optionally with a learned affine.
-    Instance { eps: f32, weight: Option<Vec<f32>>, bias: Option<Vec<f32>> },
+    Instance {
+        eps: f32,
+        weight: Option<Vec<f32>>,
+        bias: Option<Vec<f32>>,
+    },
 }
 
 /// One 3-D convolution layer: `out = act(norm(conv3d(in, weight, dilation) + bias))`.
@@ -88,7 +92,10 @@ impl Network {
 
     /// How far (in voxels) an output voxel sees along each axis: the halo a tile needs.
     pub fn receptive_radius(&self) -> usize {
-        self.layers.iter().map(|l| l.dilation * (l.kernel_size - 1) / 2).sum()
+        self.layers
+            .iter()
+            .map(|l| l.dilation * (l.kernel_size - 1) / 2)
+            .sum()
     }
 }
 
@@ -112,7 +119,11 @@ pub enum ModelError {
     MissingFile(String),
     BadFormat(String),
     UnsupportedLayer(String),
-    ChecksumMismatch { file: String, expected: String, actual: String },
+    ChecksumMismatch {
+        file: String,
+        expected: String,
+        actual: String,
+    },
     UnknownModel(String),
 }
 
@@ -122,7 +133,11 @@ impl fmt::Display for ModelError {
             ModelError::MissingFile(m) => write!(f, "missing model file: {m}"),
             ModelError::BadFormat(m) => write!(f, "bad model file: {m}"),
             ModelError::UnsupportedLayer(m) => write!(f, "unsupported layer: {m}"),
-            ModelError::ChecksumMismatch { file, expected, actual } => {
+            ModelError::ChecksumMismatch {
+                file,
+                expected,
+                actual,
+            } => {
                 write!(f, "{file}: sha256 is {actual}, registry expects {expected}")
             }
             ModelError::UnknownModel(m) => write!(f, "unknown model: {m}"),

@@ -195,6 +195,8 @@ impl Registry {
 
 /// Lower-case hex SHA-256 of `bytes`, as the registry writes checksums.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
-

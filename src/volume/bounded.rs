@@ -193,9 +193,7 @@ pub(crate) fn check_grid(
         .filter(|&n| n <= MAX_VOXELS)
         .ok_or_else(too_large)?;
     let fits = |b: usize| nvox.checked_mul(b).filter(|&b| b <= isize::MAX as usize);
-    let bytes = fits(4)
-        .and(fits(bytes_per_voxel))
-        .ok_or_else(too_large)?;
+    let bytes = fits(4).and(fits(bytes_per_voxel)).ok_or_else(too_large)?;
     // Each size is at most nvox, so these conversions are exact.
     Ok((sizes.map(|s| s as usize), nvox, bytes))
 }
@@ -229,7 +227,11 @@ pub(crate) fn geometry_from_lps(
 ) -> Result<Geometry, VolumeError> {
     let flip = [-1.0, -1.0, 1.0];
     let ras_columns = columns.map(|c| [c[0] * flip[0], c[1] * flip[1], c[2] * flip[2]]);
-    let ras_origin = [origin[0] * flip[0], origin[1] * flip[1], origin[2] * flip[2]];
+    let ras_origin = [
+        origin[0] * flip[0],
+        origin[1] * flip[1],
+        origin[2] * flip[2],
+    ];
     geometry_from_ras(dims, ras_columns, ras_origin, field)
 }
 
@@ -240,17 +242,19 @@ pub(crate) fn geometry_from_ras(
     origin: [f64; 3],
     field: &str,
 ) -> Result<Geometry, VolumeError> {
-    if !columns.iter().flatten().chain(&origin).all(|v| v.is_finite()) {
+    if !columns
+        .iter()
+        .flatten()
+        .chain(&origin)
+        .all(|v| v.is_finite())
+    {
         return Err(VolumeError::BadHeader(format!(
             "{field}: the voxel-to-world transform has non-finite values (axes {columns:?}, \
              origin {origin:?})"
         )));
     }
     let spacing = columns.map(norm);
-    if let Some(axis) = spacing
-        .iter()
-        .position(|&s| !(s.is_finite() && s > 1e-9))
-    {
+    if let Some(axis) = spacing.iter().position(|&s| !(s.is_finite() && s > 1e-9)) {
         return Err(VolumeError::BadHeader(format!(
             "{field}: voxel axis {axis} has length {} mm (axes {columns:?})",
             spacing[axis]

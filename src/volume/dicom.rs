@@ -25,8 +25,8 @@ use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_core::value::Value as DicomValue;
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::{tags, StandardDataDictionary};
-use dicom_object::mem::InMemDicomObject;
 use dicom_object::file::ReadPreamble;
+use dicom_object::mem::InMemDicomObject;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::PixelDecoder;
 
@@ -196,8 +196,11 @@ pub fn transfer_syntax_name(uid: &str) -> &'static str {
         "1.2.840.10008.1.2.4.93" => "JPEG 2000 Part 2 Multi-component",
         "1.2.840.10008.1.2.4.94" => "JPIP Referenced",
         "1.2.840.10008.1.2.4.100" | "1.2.840.10008.1.2.4.101" => "MPEG2 video",
-        "1.2.840.10008.1.2.4.102" | "1.2.840.10008.1.2.4.103" | "1.2.840.10008.1.2.4.104"
-        | "1.2.840.10008.1.2.4.105" | "1.2.840.10008.1.2.4.106" => "MPEG-4 AVC/H.264 video",
+        "1.2.840.10008.1.2.4.102"
+        | "1.2.840.10008.1.2.4.103"
+        | "1.2.840.10008.1.2.4.104"
+        | "1.2.840.10008.1.2.4.105"
+        | "1.2.840.10008.1.2.4.106" => "MPEG-4 AVC/H.264 video",
         "1.2.840.10008.1.2.4.107" | "1.2.840.10008.1.2.4.108" => "HEVC/H.265 video",
         "1.2.840.10008.1.2.4.110" => "JPEG XL Lossless",
         "1.2.840.10008.1.2.4.111" => "JPEG XL JPEG Recompression",
@@ -223,7 +226,9 @@ enum PixelCodec {
 fn pixel_codec(ts: &str) -> Result<PixelCodec, VolumeError> {
     Ok(match ts {
         IMPLICIT_LE | EXPLICIT_LE | EXPLICIT_BE => PixelCodec::Native,
-        "1.2.840.10008.1.2.4.50" | "1.2.840.10008.1.2.4.51" | "1.2.840.10008.1.2.4.57"
+        "1.2.840.10008.1.2.4.50"
+        | "1.2.840.10008.1.2.4.51"
+        | "1.2.840.10008.1.2.4.57"
         | "1.2.840.10008.1.2.4.70" => PixelCodec::Jpeg,
         "1.2.840.10008.1.2.4.90" | "1.2.840.10008.1.2.4.91" => PixelCodec::Jpeg2000,
         "1.2.840.10008.1.2.5" => PixelCodec::Rle,
@@ -327,8 +332,26 @@ impl Scan<'_> {
         use VR::*;
         let short = matches!(
             vr,
-            AE | AS | AT | CS | DA | DS | DT | FL | FD | IS | LO | LT | PN | SH | SL | SS | ST | TM
-                | UI | UL | US
+            AE | AS
+                | AT
+                | CS
+                | DA
+                | DS
+                | DT
+                | FL
+                | FD
+                | IS
+                | LO
+                | LT
+                | PN
+                | SH
+                | SL
+                | SS
+                | ST
+                | TM
+                | UI
+                | UL
+                | US
         );
         if short {
             let len = u32::from(self.u16(pos + 6, enc).ok_or_else(cut)?);
@@ -625,7 +648,9 @@ impl Instance {
             } else {
                 format!(
                     "DICOM without an image (SOP class {})",
-                    obj.meta().media_storage_sop_class_uid().trim_end_matches('\0')
+                    obj.meta()
+                        .media_storage_sop_class_uid()
+                        .trim_end_matches('\0')
                 )
             };
             return Err(Skip::NotImage(what));
@@ -633,8 +658,14 @@ impl Instance {
         let dims_err = |what: &str, v: i64| {
             Skip::Error(broken(format!("{what} is {v}: it must be 1 to 65535")))
         };
-        let rows = u16::try_from(rows).ok().filter(|&r| r > 0).ok_or_else(|| dims_err("Rows", rows))?;
-        let cols = u16::try_from(cols).ok().filter(|&c| c > 0).ok_or_else(|| dims_err("Columns", cols))?;
+        let rows = u16::try_from(rows)
+            .ok()
+            .filter(|&r| r > 0)
+            .ok_or_else(|| dims_err("Rows", rows))?;
+        let cols = u16::try_from(cols)
+            .ok()
+            .filter(|&c| c > 0)
+            .ok_or_else(|| dims_err("Columns", cols))?;
         if usize::from(rows) * usize::from(cols) > MAX_FRAME_PIXELS {
             return Err(VolumeError::TooLarge(format!(
                 "a frame of {rows} rows x {cols} columns is more than the {MAX_FRAME_PIXELS} \
@@ -672,7 +703,9 @@ impl Instance {
             0 => false,
             1 => true,
             other => {
-                return Err(broken(format!("PixelRepresentation is {other}: it must be 0 or 1")).into())
+                return Err(
+                    broken(format!("PixelRepresentation is {other}: it must be 0 or 1")).into(),
+                )
             }
         };
         let nframes = match int(&obj, tags::NUMBER_OF_FRAMES) {
@@ -754,17 +787,28 @@ impl Instance {
                     _ => None,
                 };
             }
-            let spacing = arr::<2>(group_attr(f, tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING))
-                .or(top_spacing);
-            let slope = group_attr(f, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tags::RESCALE_SLOPE)
-                .and_then(|v| v.first().copied())
-                .or(top_slope)
-                .unwrap_or(1.0);
-            let intercept =
-                group_attr(f, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tags::RESCALE_INTERCEPT)
-                    .and_then(|v| v.first().copied())
-                    .or(top_intercept)
-                    .unwrap_or(0.0);
+            let spacing = arr::<2>(group_attr(
+                f,
+                tags::PIXEL_MEASURES_SEQUENCE,
+                tags::PIXEL_SPACING,
+            ))
+            .or(top_spacing);
+            let slope = group_attr(
+                f,
+                tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+                tags::RESCALE_SLOPE,
+            )
+            .and_then(|v| v.first().copied())
+            .or(top_slope)
+            .unwrap_or(1.0);
+            let intercept = group_attr(
+                f,
+                tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+                tags::RESCALE_INTERCEPT,
+            )
+            .and_then(|v| v.first().copied())
+            .or(top_intercept)
+            .unwrap_or(0.0);
             frames.push(Frame {
                 position,
                 orientation,
@@ -879,7 +923,11 @@ impl Instance {
                 }
                 return Ok(out);
             }
-            _ => return Err(broken("the DICOM PixelData element is not pixel data".into())),
+            _ => {
+                return Err(broken(
+                    "the DICOM PixelData element is not pixel data".into(),
+                ))
+            }
         };
         let big_endian = false; // dicom-rs hands over native-endian values
         let frame_bits = px * usize::from(bits);
@@ -1038,8 +1086,14 @@ fn check_codestream(
             let nc = be16(s + 36).ok_or("JPEG 2000 SIZ cut off")?;
             let w = x.saturating_sub(xo);
             let h = y.saturating_sub(yo);
-            if w == 0 || h == 0 || w > u32::from(cols) || h > u32::from(rows) || nc == 0 || nc > 4
-                || xt == 0 || yt == 0
+            if w == 0
+                || h == 0
+                || w > u32::from(cols)
+                || h > u32::from(rows)
+                || nc == 0
+                || nc > 4
+                || xt == 0
+                || yt == 0
             {
                 return Err(format!(
                     "the JPEG 2000 header says {w}x{h} pixels with {nc} components but the image \
@@ -1056,7 +1110,10 @@ fn check_codestream(
                     .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
             };
             let segments = le32(0).filter(|_| f.len() >= 64).ok_or_else(|| {
-                format!("an RLE fragment of {} bytes is shorter than its 64-byte header", f.len())
+                format!(
+                    "an RLE fragment of {} bytes is shorter than its 64-byte header",
+                    f.len()
+                )
             })?;
             let needed = usize::from(bits_allocated / 8).max(1);
             if !(needed..=15).contains(&segments) {
@@ -1072,9 +1129,9 @@ fn check_codestream(
                 } else {
                     f.len()
                 };
-                let segment = f
-                    .get(start..end)
-                    .ok_or_else(|| format!("RLE segment {k} spans bytes {start}..{end} of {}", f.len()))?;
+                let segment = f.get(start..end).ok_or_else(|| {
+                    format!("RLE segment {k} spans bytes {start}..{end} of {}", f.len())
+                })?;
                 let produced = packbits_len(segment, plane);
                 if produced < plane {
                     return Err(format!(
@@ -1169,7 +1226,11 @@ fn assemble(instances: &[Instance]) -> Result<Volume, VolumeError> {
             )));
         }
         let sp = fr.spacing.unwrap_or([1.0, 1.0]);
-        if sp.iter().zip(&spacing).any(|(a, b)| (a - b).abs() > 1e-4 * b.abs().max(1.0)) {
+        if sp
+            .iter()
+            .zip(&spacing)
+            .any(|(a, b)| (a - b).abs() > 1e-4 * b.abs().max(1.0))
+        {
             return Err(broken(format!(
                 "{}PixelSpacing {sp:?} differs from {spacing:?}: the files are not one series",
                 label(i)
@@ -1182,8 +1243,7 @@ fn assemble(instances: &[Instance]) -> Result<Volume, VolumeError> {
     let row_dir = [o[0], o[1], o[2]];
     let col_dir = [o[3], o[4], o[5]];
     let (rn, cn) = (norm(row_dir), norm(col_dir));
-    if !((rn - 1.0).abs() < 1e-2 && (cn - 1.0).abs() < 1e-2 && dot(row_dir, col_dir).abs() < 1e-2)
-    {
+    if !((rn - 1.0).abs() < 1e-2 && (cn - 1.0).abs() < 1e-2 && dot(row_dir, col_dir).abs() < 1e-2) {
         return Err(broken(format!(
             "ImageOrientationPatient {o:?} is not two orthogonal unit vectors"
         )));

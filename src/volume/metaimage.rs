@@ -98,7 +98,11 @@ fn numbers(key: &str, value: &str) -> Result<Vec<f64>, VolumeError> {
             v.parse::<f64>()
                 .ok()
                 .filter(|v| v.is_finite())
-                .ok_or_else(|| bad(format!("MetaImage {key} value \"{v}\" is not a finite number")))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "MetaImage {key} value \"{v}\" is not a finite number"
+                    ))
+                })
         })
         .collect()
 }
@@ -107,7 +111,9 @@ fn boolean(key: &str, value: &str) -> Result<bool, VolumeError> {
     match value.to_ascii_lowercase().as_str() {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
-        _ => Err(bad(format!("MetaImage {key} = \"{value}\" is not True or False"))),
+        _ => Err(bad(format!(
+            "MetaImage {key} = \"{value}\" is not True or False"
+        ))),
     }
 }
 
@@ -174,13 +180,15 @@ fn parse_header(bytes: &[u8]) -> Result<Header, VolumeError> {
             return Err(bad(format!("MetaImage ObjectType \"{t}\" is not Image")));
         }
     }
-    let ndims_text = get(&["NDims"]).ok_or_else(|| bad("the MetaImage header has no NDims".into()))?;
+    let ndims_text =
+        get(&["NDims"]).ok_or_else(|| bad("the MetaImage header has no NDims".into()))?;
     let ndims: usize = ndims_text
         .parse()
         .ok()
         .filter(|n| (1..=16).contains(n))
         .ok_or_else(|| bad(format!("MetaImage NDims \"{ndims_text}\" must be 1 to 16")))?;
-    let dim_text = get(&["DimSize"]).ok_or_else(|| bad("the MetaImage header has no DimSize".into()))?;
+    let dim_text =
+        get(&["DimSize"]).ok_or_else(|| bad("the MetaImage header has no DimSize".into()))?;
     let sizes: Vec<i64> = dim_text
         .split_whitespace()
         .map(str::parse::<i64>)
@@ -193,7 +201,9 @@ fn parse_header(bytes: &[u8]) -> Result<Header, VolumeError> {
         )));
     }
     if let Some(s) = sizes.iter().find(|&&s| s < 1) {
-        return Err(bad(format!("MetaImage DimSize \"{dim_text}\": size {s} is not positive")));
+        return Err(bad(format!(
+            "MetaImage DimSize \"{dim_text}\": size {s} is not positive"
+        )));
     }
     if let Some((axis, s)) = sizes.iter().enumerate().skip(3).find(|(_, &s)| s != 1) {
         return Err(bad(format!(
@@ -208,8 +218,8 @@ fn parse_header(bytes: &[u8]) -> Result<Header, VolumeError> {
             )));
         }
     }
-    let type_text =
-        get(&["ElementType"]).ok_or_else(|| bad("the MetaImage header has no ElementType".into()))?;
+    let type_text = get(&["ElementType"])
+        .ok_or_else(|| bad("the MetaImage header has no ElementType".into()))?;
     let scalar = scalar_of(type_text).ok_or_else(|| {
         bad(format!(
             "MetaImage ElementType \"{type_text}\" is not supported: insitu reads MET_CHAR, \
@@ -228,7 +238,9 @@ fn parse_header(bytes: &[u8]) -> Result<Header, VolumeError> {
     };
     if let Some(v) = get(&["BinaryData"]) {
         if !boolean("BinaryData", v)? {
-            return Err(bad("MetaImage BinaryData = False (text data) is not supported".into()));
+            return Err(bad(
+                "MetaImage BinaryData = False (text data) is not supported".into(),
+            ));
         }
     }
     let compressed = match get(&["CompressedData"]) {
@@ -291,7 +303,13 @@ fn parse_header(bytes: &[u8]) -> Result<Header, VolumeError> {
         let (unit, _) = direction_and_length(n, 2);
         columns[2] = unit;
     }
-    let origin = std::array::from_fn(|r| if r < n3 { offset.get(r).copied().unwrap_or(0.0) } else { 0.0 });
+    let origin = std::array::from_fn(|r| {
+        if r < n3 {
+            offset.get(r).copied().unwrap_or(0.0)
+        } else {
+            0.0
+        }
+    });
     let geometry = geometry_from_lps(
         dims,
         columns,
@@ -301,7 +319,9 @@ fn parse_header(bytes: &[u8]) -> Result<Header, VolumeError> {
 
     let data_file = get(&["ElementDataFile"]).unwrap_or_default().to_string();
     let local = data_file.eq_ignore_ascii_case("LOCAL");
-    if !local && (data_file.starts_with("LIST") || data_file.contains('%') || data_file.contains(' ')) {
+    if !local
+        && (data_file.starts_with("LIST") || data_file.contains('%') || data_file.contains(' '))
+    {
         return Err(bad(format!(
             "MetaImage ElementDataFile \"{data_file}\": data split over several files is not \
              supported"
@@ -399,8 +419,13 @@ fn finish(g: &super::Geometry, scalar: Scalar, data: Vec<u8>, compress: bool) ->
     let matrix: Vec<f64> = axes.iter().flat_map(|(d, _)| d.iter().copied()).collect();
     let spacing: Vec<f64> = axes.iter().map(|(_, l)| *l).collect();
     let payload = if compress { zlib(&data) } else { data };
-    let mut text = String::from("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n");
-    text.push_str(&format!("CompressedData = {}\n", if compress { "True" } else { "False" }));
+    let mut text = String::from(
+        "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n",
+    );
+    text.push_str(&format!(
+        "CompressedData = {}\n",
+        if compress { "True" } else { "False" }
+    ));
     if compress {
         text.push_str(&format!("CompressedDataSize = {}\n", payload.len()));
     }
@@ -408,10 +433,19 @@ fn finish(g: &super::Geometry, scalar: Scalar, data: Vec<u8>, compress: bool) ->
     text.push_str(&format!("Offset = {}\n", join(&origin)));
     text.push_str("CenterOfRotation = 0 0 0\n");
     text.push_str(&format!("ElementSpacing = {}\n", join(&spacing)));
-    text.push_str(&format!("DimSize = {} {} {}\n", g.dims[0], g.dims[1], g.dims[2]));
+    text.push_str(&format!(
+        "DimSize = {} {} {}\n",
+        g.dims[0], g.dims[1], g.dims[2]
+    ));
     text.push_str(&format!(
         "ElementType = {}\n",
-        if scalar == Scalar::U8 { "MET_UCHAR" } else if scalar == Scalar::U16 { "MET_USHORT" } else { "MET_FLOAT" }
+        if scalar == Scalar::U8 {
+            "MET_UCHAR"
+        } else if scalar == Scalar::U16 {
+            "MET_USHORT"
+        } else {
+            "MET_FLOAT"
+        }
     ));
     text.push_str("ElementDataFile = LOCAL\n");
     let mut out = text.into_bytes();

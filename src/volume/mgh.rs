@@ -11,8 +11,8 @@
 //! `aparc+aseg.mgz` are int or uchar.
 
 use super::bounded::{
-    check_grid, convert, MAX_DECOMPRESSED_BYTES, direction_and_length, exactly, geometry_from_ras, gzip, inflate, is_gzip,
-    Compression, Scalar,
+    check_grid, convert, direction_and_length, exactly, geometry_from_ras, gzip, inflate, is_gzip,
+    Compression, Scalar, MAX_DECOMPRESSED_BYTES,
 };
 use super::{LabelMap, Volume, VolumeError};
 
@@ -58,7 +58,10 @@ fn read(bytes: &[u8], frame: Option<usize>) -> Result<Volume, VolumeError> {
     let head = if is_gzip(bytes) {
         inflate(bytes, Compression::Gzip, 0, HEADER_SIZE)?
     } else {
-        bytes.get(..HEADER_SIZE.min(bytes.len())).unwrap_or_default().to_vec()
+        bytes
+            .get(..HEADER_SIZE.min(bytes.len()))
+            .unwrap_or_default()
+            .to_vec()
     };
     let header = parse_header(&head)?;
     let k = match frame {
@@ -213,7 +216,9 @@ fn parse_header(h: &[u8]) -> Result<Header, VolumeError> {
         centre[r] - (0..3).map(|k| columns[k][r] * dims[k] as f64).sum::<f64>() / 2.0
     });
     let geometry = geometry_from_ras(dims, columns, origin, "MGH Mdc/delta/Pxyz_c")?;
-    let all_frames = frames.checked_mul(data_bytes).filter(|&b| b as u64 <= MAX_DECOMPRESSED_BYTES);
+    let all_frames = frames
+        .checked_mul(data_bytes)
+        .filter(|&b| b as u64 <= MAX_DECOMPRESSED_BYTES);
     if all_frames.is_none() {
         return Err(VolumeError::TooLarge(format!(
             "MGH nframes = {frames} frames of {data_bytes} bytes is more than insitu reads"

@@ -103,7 +103,10 @@ pub fn detect_format(name: Option<&str>, bytes: &[u8]) -> Result<Format, VolumeE
     let head = if gz {
         bounded::inflate(bytes, bounded::Compression::Gzip, 0, 544).unwrap_or_default()
     } else {
-        bytes.get(..bytes.len().min(544)).unwrap_or_default().to_vec()
+        bytes
+            .get(..bytes.len().min(544))
+            .unwrap_or_default()
+            .to_vec()
     };
     let first4 = head.get(..4).map(|b| [b[0], b[1], b[2], b[3]]);
     let nifti_size = first4.is_some_and(|b| {
@@ -144,10 +147,7 @@ pub fn read_named(name: &str, bytes: &[u8]) -> Result<Volume, VolumeError> {
 }
 
 /// Reads a single volume file and says which format it was in.
-pub fn read_with_format(
-    name: Option<&str>,
-    bytes: &[u8],
-) -> Result<(Volume, Format), VolumeError> {
+pub fn read_with_format(name: Option<&str>, bytes: &[u8]) -> Result<(Volume, Format), VolumeError> {
     let format = detect_format(name, bytes)?;
     let volume = match format {
         Format::Nifti | Format::NiftiGz => nifti::read_nifti(bytes)?,
@@ -220,7 +220,11 @@ pub fn read_files(files: &[(String, Vec<u8>)]) -> Result<FilesContent, VolumeErr
         let (data_file, data) = files
             .iter()
             .find(|(n, _)| base(n) == wanted)
-            .or_else(|| files.iter().find(|(n, _)| base(n).eq_ignore_ascii_case(&wanted)))
+            .or_else(|| {
+                files
+                    .iter()
+                    .find(|(n, _)| base(n).eq_ignore_ascii_case(&wanted))
+            })
             .ok_or_else(|| {
                 VolumeError::NotRecognized(format!(
                     "{name}: its data file \"{data_name}\" is not among the selected files"
@@ -313,7 +317,10 @@ impl LabelMap {
             }
             labels.push(v as u16);
         }
-        Ok(LabelMap { geometry: volume.geometry.clone(), labels })
+        Ok(LabelMap {
+            geometry: volume.geometry.clone(),
+            labels,
+        })
     }
 
     pub fn max_label(&self) -> u16 {
@@ -358,7 +365,11 @@ impl std::error::Error for VolumeError {}
 pub fn crop(volume: &Volume, start: [usize; 3], size: [usize; 3]) -> Result<Volume, VolumeError> {
     let dims = volume.geometry.dims;
     for a in 0..3 {
-        if size[a] == 0 || start[a].checked_add(size[a]).is_none_or(|end| end > dims[a]) {
+        if size[a] == 0
+            || start[a]
+                .checked_add(size[a])
+                .is_none_or(|end| end > dims[a])
+        {
             return Err(VolumeError::BadHeader(format!(
                 "crop box start {start:?} size {size:?} does not fit inside dims {dims:?}"
             )));

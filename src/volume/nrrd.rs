@@ -8,8 +8,8 @@
 //! an LPS grid (ITK's reading). A grid is 2-D or 3-D; extra axes are allowed only with size 1.
 
 use super::bounded::{
-    check_grid, convert, exactly, fmt_f64, geometry_from_lps, gzip, inflate, label_bytes,
-    lps_axes, Compression, Scalar,
+    check_grid, convert, exactly, fmt_f64, geometry_from_lps, gzip, inflate, label_bytes, lps_axes,
+    Compression, Scalar,
 };
 use super::{LabelMap, Volume, VolumeError};
 
@@ -77,8 +77,13 @@ fn scalar_of(t: &str) -> Option<Scalar> {
         "ushort" | "unsigned short" | "unsigned short int" | "uint16" | "uint16_t" => Scalar::U16,
         "int" | "signed int" | "int32" | "int32_t" => Scalar::I32,
         "uint" | "unsigned int" | "uint32" | "uint32_t" => Scalar::U32,
-        "longlong" | "long long" | "long long int" | "signed long long"
-        | "signed long long int" | "int64" | "int64_t" => Scalar::I64,
+        "longlong"
+        | "long long"
+        | "long long int"
+        | "signed long long"
+        | "signed long long int"
+        | "int64"
+        | "int64_t" => Scalar::I64,
         "ulonglong" | "unsigned long long" | "unsigned long long int" | "uint64" | "uint64_t" => {
             Scalar::U64
         }
@@ -136,8 +141,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header, VolumeError> {
         return Err(VolumeError::NotRecognized("the file is empty".into()));
     }
     let magic = bytes.get(..8).unwrap_or_default();
-    if !(magic.starts_with(b"NRRD000") && magic.get(7).is_some_and(|v| (b'1'..=b'5').contains(v)))
-    {
+    if !(magic.starts_with(b"NRRD000") && magic.get(7).is_some_and(|v| (b'1'..=b'5').contains(v))) {
         return Err(VolumeError::NotRecognized(format!(
             "not an NRRD file: the file does not start with \"NRRD0001\"..\"NRRD0005\" (it \
              starts with {:02x?})",
@@ -210,8 +214,14 @@ fn parse_header(bytes: &[u8]) -> Result<Header, VolumeError> {
         .parse()
         .ok()
         .filter(|d| (1..=16).contains(d))
-        .ok_or_else(|| bad(format!("NRRD dimension \"{}\" must be 1 to 16", get(&["dimension"]).unwrap_or_default())))?;
-    let sizes_text = get(&["sizes"]).ok_or_else(|| bad("the NRRD header has no \"sizes\"".into()))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "NRRD dimension \"{}\" must be 1 to 16",
+                get(&["dimension"]).unwrap_or_default()
+            ))
+        })?;
+    let sizes_text =
+        get(&["sizes"]).ok_or_else(|| bad("the NRRD header has no \"sizes\"".into()))?;
     let sizes: Vec<i64> = sizes_text
         .split_whitespace()
         .map(|s| s.parse::<i64>())
@@ -224,7 +234,9 @@ fn parse_header(bytes: &[u8]) -> Result<Header, VolumeError> {
         )));
     }
     if let Some(s) = sizes.iter().find(|&&s| s < 1) {
-        return Err(bad(format!("NRRD sizes \"{sizes_text}\": size {s} is not positive")));
+        return Err(bad(format!(
+            "NRRD sizes \"{sizes_text}\": size {s} is not positive"
+        )));
     }
 
     let encoding = match get(&["encoding"]).unwrap_or("") {
@@ -298,7 +310,9 @@ fn parse_header(bytes: &[u8]) -> Result<Header, VolumeError> {
         None => None,
     };
     let spatial: Vec<usize> = match &directions {
-        Some(d) => (0..dimension).filter(|&i| d.get(i).is_some_and(|v| v.is_some())).collect(),
+        Some(d) => (0..dimension)
+            .filter(|&i| d.get(i).is_some_and(|v| v.is_some()))
+            .collect(),
         None => (0..dimension).collect(),
     };
     for (i, &s) in sizes.iter().enumerate() {
@@ -343,7 +357,11 @@ fn parse_header(bytes: &[u8]) -> Result<Header, VolumeError> {
             // A 2-D grid in 3-D space: the missing axis is the unit normal.
             let n = super::bounded::cross(columns[0], columns[1]);
             let len = super::bounded::norm(n);
-            columns[2] = if len > 0.0 { n.map(|v| v / len) } else { [0.0, 0.0, 1.0] };
+            columns[2] = if len > 0.0 {
+                n.map(|v| v / len)
+            } else {
+                [0.0, 0.0, 1.0]
+            };
         }
     } else {
         // ITK without space directions: identity directions in LPS with the spacings.
@@ -386,7 +404,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header, VolumeError> {
     }
     if byte_skip == -1 && encoding != Encoding::Raw {
         return Err(bad(
-            "NRRD byte skip -1 is only valid with raw encoding".into(),
+            "NRRD byte skip -1 is only valid with raw encoding".into()
         ));
     }
     let data_file = get(&["data file", "datafile"]).map(str::to_string);
@@ -417,9 +435,7 @@ fn skip_lines(data: &[u8], n: usize) -> Result<&[u8], VolumeError> {
     let mut rest = data;
     for i in 0..n {
         let nl = rest.iter().position(|&b| b == b'\n').ok_or_else(|| {
-            VolumeError::Truncated(format!(
-                "NRRD line skip {n}: the data ends after {i} lines"
-            ))
+            VolumeError::Truncated(format!("NRRD line skip {n}: the data ends after {i} lines"))
         })?;
         rest = rest.get(nl + 1..).unwrap_or_default();
     }
@@ -443,7 +459,9 @@ fn decode(h: &Header, data: &[u8]) -> Result<Volume, VolumeError> {
     let values = match h.encoding {
         Encoding::Raw => {
             let start = if h.byte_skip == -1 {
-                data.len().checked_sub(h.data_bytes).ok_or_else(|| truncated(data.len()))?
+                data.len()
+                    .checked_sub(h.data_bytes)
+                    .ok_or_else(|| truncated(data.len()))?
             } else {
                 usize::try_from(h.byte_skip).unwrap_or(usize::MAX)
             };
@@ -454,7 +472,9 @@ fn decode(h: &Header, data: &[u8]) -> Result<Volume, VolumeError> {
                     data.len()
                 ))
             })?;
-            let raw = rest.get(..h.data_bytes).ok_or_else(|| truncated(rest.len()))?;
+            let raw = rest
+                .get(..h.data_bytes)
+                .ok_or_else(|| truncated(rest.len()))?;
             convert(raw, h.scalar, h.big_endian, None)
         }
         Encoding::Gzip => {
@@ -476,7 +496,10 @@ fn decode(h: &Header, data: &[u8]) -> Result<Volume, VolumeError> {
                 let v: f64 = text.parse().map_err(|_| {
                     bad(format!(
                         "NRRD ascii value \"{}\" is not a number",
-                        String::from_utf8_lossy(token).chars().take(40).collect::<String>()
+                        String::from_utf8_lossy(token)
+                            .chars()
+                            .take(40)
+                            .collect::<String>()
                     ))
                 })?;
                 out.push(v as f32);
@@ -485,7 +508,11 @@ fn decode(h: &Header, data: &[u8]) -> Result<Volume, VolumeError> {
                 let d = h.dims;
                 return Err(VolumeError::Truncated(format!(
                     "the NRRD header promises {}x{}x{} = {} ascii values but the data holds {}",
-                    d[0], d[1], d[2], h.nvox, out.len()
+                    d[0],
+                    d[1],
+                    d[2],
+                    h.nvox,
+                    out.len()
                 )));
             }
             out
@@ -521,8 +548,13 @@ fn finish(g: &super::Geometry, scalar: Scalar, data: Vec<u8>, compress: bool) ->
         _ => "float",
     };
     let mut text = String::from("NRRD0004\n# Complete NRRD file format specification at:\n# http://teem.sourceforge.net/nrrd/format.html\n");
-    text.push_str(&format!("type: {type_name}\ndimension: 3\nspace: left-posterior-superior\n"));
-    text.push_str(&format!("sizes: {} {} {}\n", g.dims[0], g.dims[1], g.dims[2]));
+    text.push_str(&format!(
+        "type: {type_name}\ndimension: 3\nspace: left-posterior-superior\n"
+    ));
+    text.push_str(&format!(
+        "sizes: {} {} {}\n",
+        g.dims[0], g.dims[1], g.dims[2]
+    ));
     text.push_str(&format!(
         "space directions: {} {} {}\n",
         vector(columns[0]),
@@ -533,7 +565,11 @@ fn finish(g: &super::Geometry, scalar: Scalar, data: Vec<u8>, compress: bool) ->
     if scalar.size() > 1 {
         text.push_str("endian: little\n");
     }
-    text.push_str(if compress { "encoding: gzip\n" } else { "encoding: raw\n" });
+    text.push_str(if compress {
+        "encoding: gzip\n"
+    } else {
+        "encoding: raw\n"
+    });
     text.push_str(&format!("space origin: {}\n\n", vector(origin)));
     let mut out = text.into_bytes();
     if compress {
