@@ -220,7 +220,7 @@ fn mindgrab_matches_brainchop_cli() {
 #[test]
 fn native_space_output_overlays_the_input() {
     let full = nifti::read_nifti(&std::fs::read(common::data("t1_crop.nii.gz")).unwrap()).unwrap();
-    let small = insitu::volume::crop(&full, [90, 80, 70], [80, 96, 112]).unwrap();
+    let small = insitu::volume::crop(&full, [40, 44, 10], [180, 172, 236]).unwrap();
     let dir = std::env::temp_dir().join(format!("insitu-pipeline-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("crop.nii.gz");
@@ -242,20 +242,22 @@ fn native_space_output_overlays_the_input() {
             );
         }
     }
-    // Against the whole-volume reference cut to the same box: the crop changes the
-    // network's context, so demand broad (not exact) agreement inside the brain.
+    // The box keeps the whole head, so the conformed grid is the original shifted by whole
+    // voxels and the labels must be the reference's, cut to the same box. (A box that cuts
+    // into the head changes brainchop's whole-grid intensity quantiles, and the model's
+    // answer with them.)
     let reference = read_labels(&common::data("reference/t1_crop_tissue_fast.nii.gz"));
     let reference_volume = insitu::volume::Volume {
         geometry: reference.geometry.clone(),
         data: reference.labels.iter().map(|&l| l as f32).collect(),
     };
-    let expected = insitu::volume::crop(&reference_volume, [90, 80, 70], [80, 96, 112]).unwrap();
+    let expected = insitu::volume::crop(&reference_volume, [40, 44, 10], [180, 172, 236]).unwrap();
     let expected = LabelMap::from_volume(&expected).unwrap();
     let (agree, dice) = agreement(&result.native, &expected);
     eprintln!(
         "cropped input, native grid: {:.2} % agree with the reference, Dice {dice:?}",
         100.0 * agree
     );
-    assert!(agree > 0.9, "only {:.2} % agree", 100.0 * agree);
+    assert!(agree > 0.999, "only {:.2} % agree", 100.0 * agree);
     std::fs::remove_dir_all(&dir).ok();
 }
