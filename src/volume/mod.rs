@@ -186,14 +186,18 @@ pub fn read_files(files: &[(String, Vec<u8>)]) -> Result<FilesContent, VolumeErr
             .map(|(n, _)| (n.clone(), "not part of the volume".to_string()))
             .collect()
     };
-    if let [(name, bytes)] = files {
+    // One file of the selection as the volume; the others are reported as skipped.
+    let read_one = |name: &str, bytes: &[u8]| -> Result<FilesContent, VolumeError> {
         let (volume, format) =
             read_with_format(Some(name), bytes).map_err(|e| dicom::with_file(e, name))?;
-        return Ok(FilesContent::Volume {
+        Ok(FilesContent::Volume {
             volume,
             format,
-            skipped: Vec::new(),
-        });
+            skipped: skipped_except(&[name]),
+        })
+    };
+    if let [(name, bytes)] = files {
+        return read_one(name, bytes);
     }
     // A detached header and the data file it names.
     for (name, bytes) in files {
@@ -208,13 +212,7 @@ pub fn read_files(files: &[(String, Vec<u8>)]) -> Result<FilesContent, VolumeErr
             continue;
         };
         let Some(data_name) = data_name else {
-            let (volume, format) =
-                read_with_format(Some(name), bytes).map_err(|e| dicom::with_file(e, name))?;
-            return Ok(FilesContent::Volume {
-                volume,
-                format,
-                skipped: skipped_except(&[name]),
-            });
+            return read_one(name, bytes);
         };
         let wanted = base(&data_name);
         let (data_file, data) = files
@@ -250,13 +248,7 @@ pub fn read_files(files: &[(String, Vec<u8>)]) -> Result<FilesContent, VolumeErr
                 .filter(|(n, b)| detect_format(Some(n), b).is_ok())
                 .collect();
             if let [(name, bytes)] = readable.as_slice() {
-                let (volume, format) =
-                    read_with_format(Some(name), bytes).map_err(|e| dicom::with_file(e, name))?;
-                return Ok(FilesContent::Volume {
-                    volume,
-                    format,
-                    skipped: skipped_except(&[name]),
-                });
+                return read_one(name, bytes);
             }
             Err(VolumeError::NotRecognized(format!(
                 "none of the {} files is a DICOM image or a single volume file",
