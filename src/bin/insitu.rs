@@ -270,16 +270,16 @@ fn read_input_as(path: &Path, series: Option<&str>) -> Result<(Volume, Format)> 
         // A detached header names its data file; bring the folder's other files along.
         if name.ends_with(".mhd") || name.ends_with(".nhdr") {
             if let Some(dir) = path.parent() {
+                let header = String::from_utf8_lossy(&files[0].1).into_owned();
                 for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                     let p = entry.path();
                     if p != path
                         && p.is_file()
                         && p.metadata().is_ok_and(|m| m.len() < (4u64 << 30))
                     {
-                        let text = String::from_utf8_lossy(&files[0].1).to_string();
                         if p.file_name()
                             .and_then(|n| n.to_str())
-                            .is_some_and(|n| text.contains(n))
+                            .is_some_and(|n| header.contains(n))
                         {
                             files.push((p.display().to_string(), std::fs::read(&p)?));
                         }
