@@ -276,13 +276,11 @@ fn read_input_as(path: &Path, series: Option<&str>) -> Result<(Volume, Format)> 
                     if p != path
                         && p.is_file()
                         && p.metadata().is_ok_and(|m| m.len() < (4u64 << 30))
-                    {
-                        if p.file_name()
+                        && p.file_name()
                             .and_then(|n| n.to_str())
                             .is_some_and(|n| header.contains(n))
-                        {
-                            files.push((p.display().to_string(), std::fs::read(&p)?));
-                        }
+                    {
+                        files.push((p.display().to_string(), std::fs::read(&p)?));
                     }
                 }
             }
