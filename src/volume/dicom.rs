@@ -425,6 +425,7 @@ impl Scan<'_> {
                 }
             } else {
                 let value_end = self.value_end(&h, start, end)?;
+                check_value_multiple(&h)?;
                 if h.vr == Some(VR::SQ) {
                     self.sequence(start, value_end, enc, depth + 1, false)?;
                 }
@@ -501,6 +502,29 @@ impl Scan<'_> {
             }
         }
     }
+}
+
+/// A binary value's length must be a whole number of its items. dicom-parser reads
+/// `len / size` items but skips `len` bytes' worth of position, so a ragged length desyncs it
+/// from the stream and it then takes value bytes for a header (and may allocate gigabytes).
+fn check_value_multiple(h: &Head) -> Result<(), VolumeError> {
+    use VR::*;
+    let size = match h.vr {
+        Some(SS | US | OW) => 2,
+        Some(SL | UL | FL | OF | OL | AT) => 4,
+        Some(FD | OD | SV | UV | OV) => 8,
+        _ => return Ok(()),
+    };
+    if h.len % size == 0 {
+        return Ok(());
+    }
+    Err(broken(format!(
+        "DICOM element ({:04X},{:04X}) has VR {} but a length of {} bytes, not a multiple of {size}",
+        h.tag.0,
+        h.tag.1,
+        h.vr.map(|v| v.to_string()).unwrap_or_default(),
+        h.len
+    )))
 }
 
 /// Checks the structure of a DICOM file and returns its transfer syntax UID.
