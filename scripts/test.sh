@@ -19,4 +19,4 @@ target/debug/insitu convert "$mirror/data/reference/t1_crop_tissue_fast.nii.gz" 
 target/debug/insitu eval --pred "$work/expected.nii.gz" --ref "$work/reference.nii.gz" --json > "$work/eval.json"
 INSITU_TEST_VOLUME="$work/small.nii.gz" INSITU_TEST_EXPECTED="$work/expected.nii.gz" \
   INSITU_TEST_REFERENCE="$work/reference.nii.gz" INSITU_TEST_EVAL_JSON="$work/eval.json" \
-  node --test tests/browser/
+  INSITU_TEST_DATA="$mirror/data" node --test tests/browser/

@@ -5,7 +5,7 @@ use crate::engine::PreparedNetwork;
 use crate::metrics::{self, EvalOptions, LabelMapping};
 use crate::models::{self, ModelFiles, Registry};
 use crate::pipeline::{self, SegmentOptions, Stage};
-use crate::volume::{nifti, LabelMap};
+use crate::volume::{self, nifti, FilesContent, LabelMap};
 use burn::tensor::Device;
 use js_sys::{Function, Map, Object, Reflect, Uint8Array};
 use std::cell::RefCell;
@@ -25,19 +25,77 @@ pub fn registry_json() -> String {
     serde_json::to_string(Registry::builtin()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
-/// Geometry of a volume file, or an error naming the file and the problem.
-#[wasm_bindgen]
-pub fn inspect_volume(bytes: &[u8], file_name: &str) -> Result<JsValue, JsError> {
-    let volume =
-        pipeline::read_volume(bytes, file_name).map_err(|e| JsError::new(&e.to_string()))?;
-    let g = &volume.geometry;
-    let info = serde_json::json!({
-        "dims": g.dims,
-        "spacing": g.spacing,
-        "orientation": g.orientation_code(),
-        "affine": g.affine,
+/// The (name, bytes) pairs of a JS `Map<string, Uint8Array>`, in insertion order.
+fn file_list(files: &Map) -> Vec<(String, Vec<u8>)> {
+    let mut list = Vec::new();
+    files.for_each(&mut |value, key| {
+        if let (Some(name), Ok(bytes)) = (key.as_string(), value.dyn_into::<Uint8Array>()) {
+            list.push((name, bytes.to_vec()));
+        }
     });
-    serde_wasm_bindgen::to_value(&info).map_err(|e| JsError::new(&e.to_string()))
+    list
+}
+
+/// Opens a selection of files (`Map<name, Uint8Array>`): one volume file, a `.mhd`/`.nhdr`
+/// header with its data file, or DICOM files (`series` picks one of several series).
+/// Resolves `{series: [{uid, description, number, modality, files, dims}], skipped}` when the
+/// files hold several series and none was chosen, else `{info: {dims, spacing, orientation,
+/// affine, format}, skipped, view?}` where `view` (when `with_view`) is the volume as an
+/// uncompressed NIfTI for the viewer. `skipped` lists `[file, why]` of files not used.
+#[wasm_bindgen]
+pub fn open_volume(
+    files: Map,
+    series: Option<String>,
+    with_view: bool,
+) -> Result<JsValue, JsError> {
+    let error = |e: &dyn std::fmt::Display| JsError::new(&e.to_string());
+    let files = file_list(&files);
+    let (summary, view) =
+        match volume::read_files(&files, series.as_deref()).map_err(|e| error(&e))? {
+            FilesContent::Series(list) => {
+                let series: Vec<_> = list
+                    .series
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "uid": s.uid, "description": s.description, "number": s.number,
+                            "modality": s.modality, "files": s.files, "dims": s.dims,
+                        })
+                    })
+                    .collect();
+                (
+                    serde_json::json!({"series": series, "skipped": list.skipped}),
+                    None,
+                )
+            }
+            FilesContent::Volume {
+                volume,
+                format,
+                skipped,
+            } => {
+                let g = &volume.geometry;
+                let info = serde_json::json!({
+                    "dims": g.dims,
+                    "spacing": g.spacing,
+                    "orientation": g.orientation_code(),
+                    "affine": g.affine,
+                    "format": format.name(),
+                });
+                let view = with_view.then(|| nifti::write_volume(&volume, false));
+                (serde_json::json!({"info": info, "skipped": skipped}), view)
+            }
+        };
+    let out =
+        js_sys::JSON::parse(&summary.to_string()).map_err(|_| JsError::new("summary JSON"))?;
+    if let Some(view) = view {
+        Reflect::set(
+            &out,
+            &"view".into(),
+            &Uint8Array::from(view.as_slice()).into(),
+        )
+        .map_err(|_| JsError::new("cannot build the result object"))?;
+    }
+    Ok(out)
 }
 
 /// Metrics of a segmentation against reference labels. `mapping` is a preset key, a mapping
@@ -152,15 +210,20 @@ fn wasm_heap_bytes() -> usize {
     core::arch::wasm32::memory_size(0) * 65536
 }
 
-/// Segments `input` with model `model_id` whose files are given by name.
+/// Segments the volume in `input` (files as for [`open_volume`], `series` as chosen there;
+/// `input_name` names it in errors) with model `model_id` whose files are given by name.
 /// `options`: `{backend: "auto"|"webgpu"|"cpu", crop: bool}`. `on_progress(stage, done, total)`.
-/// Resolves `{labels: Uint8Array (.nii.gz on the input's grid), backend, adapter, timings_ms, n_classes}`.
+/// Resolves `{labels: Uint8Array (.nii.gz on the input's grid), labels_like_input: Uint8Array
+/// (the same labels in the input's format), like_input_extension, backend, adapter, timings_ms,
+/// n_classes, parameters, gflops, peak_tensor_mb, wasm_heap_mb}`.
 #[wasm_bindgen]
+#[allow(clippy::too_many_arguments)] // one flat call from the worker
 pub async fn segment(
-    input: Uint8Array,
-    file_name: String,
+    input: Map,
+    series: Option<String>,
+    input_name: String,
     model_id: String,
-    files: Map,
+    model_files: Map,
     options: JsValue,
     on_progress: Function,
 ) -> Result<JsValue, JsError> {
@@ -183,14 +246,18 @@ pub async fn segment(
         .unwrap_or(true);
 
     report("read", 0, 1);
-    let volume = pipeline::read_volume(&input.to_vec(), &file_name).map_err(|e| error(&e))?;
-    let entry = Registry::builtin().get(&model_id).map_err(|e| error(&e))?;
-    let mut model_files = ModelFiles::new();
-    files.for_each(&mut |value, key| {
-        if let (Some(name), Ok(bytes)) = (key.as_string(), value.dyn_into::<Uint8Array>()) {
-            model_files.insert(name, bytes.to_vec());
+    let (volume, format) = match volume::read_files(&file_list(&input), series.as_deref())
+        .map_err(|e| error(&format!("{input_name}: {e}")))?
+    {
+        FilesContent::Volume { volume, format, .. } => (volume, format),
+        FilesContent::Series(_) => {
+            return Err(JsError::new(&format!(
+                "{input_name}: holds several DICOM series; choose one first"
+            )))
         }
-    });
+    };
+    let entry = Registry::builtin().get(&model_id).map_err(|e| error(&e))?;
+    let model_files: ModelFiles = file_list(&model_files).into_iter().collect();
     for (name, bytes) in &model_files {
         entry.verify(name, bytes).map_err(|e| error(&e))?;
     }
@@ -239,7 +306,7 @@ pub async fn segment(
     };
     let result = pipeline::segment(
         &volume,
-        &file_name,
+        &input_name,
         entry.input.normalization,
         &prepared,
         &seg_options,
@@ -252,8 +319,16 @@ pub async fn segment(
     let out = Object::new();
     let set = |key: &str, value: JsValue| Reflect::set(&out, &key.into(), &value).map(|_| ());
     let labels = nifti::write_labels(&result.native, true);
+    let like_input = volume::write_labels_like(format, &result.native);
     let timings = serde_wasm_bindgen::to_value(&result.timings).map_err(|e| error(&e))?;
     set("labels", Uint8Array::from(labels.as_slice()).into())
+        .and_then(|_| {
+            set(
+                "labels_like_input",
+                Uint8Array::from(like_input.as_slice()).into(),
+            )
+        })
+        .and_then(|_| set("like_input_extension", format.label_extension().into()))
         .and_then(|_| set("backend", backend_name.into()))
         .and_then(|_| set("adapter", adapter.into()))
         .and_then(|_| set("timings_ms", timings))

@@ -196,7 +196,7 @@ fn nrrd_detached_header_with_its_data_file() {
         nrrd::data_file_name(&files[0].1).unwrap().as_deref(),
         Some("detached.raw")
     );
-    match read_files(&files).unwrap() {
+    match read_files(&files, None).unwrap() {
         FilesContent::Volume {
             volume,
             format,
@@ -215,6 +215,7 @@ fn nrrd_detached_header_with_its_data_file() {
             .cloned()
             .chain([files[2].clone()])
             .collect::<Vec<_>>(),
+        None,
     )
     .unwrap_err();
     assert!(err.to_string().contains("detached.raw"), "{err}");
@@ -245,7 +246,7 @@ fn metaimage_fixtures_match_simpleitk() {
             fixture("oblique_uint8.raw"),
         ),
     ];
-    match read_files(&files).unwrap() {
+    match read_files(&files, None).unwrap() {
         FilesContent::Volume { volume, format, .. } => {
             assert_eq!(format, Format::MetaImage);
             check(
@@ -319,7 +320,7 @@ fn dicom_sagittal_series_matches_dcm2niix_and_pydicom() {
     let all = expected();
     let files = shared_folder("dicom/siemens_prisma_sagittal_gre_series2/dicom");
     assert_eq!(files.len(), 5);
-    let v = match read_files(&files).unwrap() {
+    let v = match read_files(&files, None).unwrap() {
         FilesContent::Volume {
             volume,
             format,
@@ -375,7 +376,7 @@ fn dicom_sagittal_series_matches_dcm2niix_and_pydicom() {
     // Order of the files does not matter; the slices are sorted by position.
     let mut reversed = files.clone();
     reversed.reverse();
-    match read_files(&reversed).unwrap() {
+    match read_files(&reversed, None).unwrap() {
         FilesContent::Volume { volume, .. } => {
             assert_eq!(volume.data, v.data);
             assert_eq!(volume.geometry, v.geometry);
@@ -394,7 +395,7 @@ fn dicom_jpeg2000_ct_series_matches_pydicom() {
     assert_eq!(list.series.len(), 1);
     assert_eq!(list.series[0].dims, [512, 512, 20]);
     assert_eq!(list.series[0].description, "CT Body 3.0");
-    let v = match read_files(&files).unwrap() {
+    let v = match read_files(&files, None).unwrap() {
         FilesContent::Volume { volume, .. } => volume,
         other => panic!("{other:?}"),
     };
@@ -436,7 +437,7 @@ fn dicom_mixed_series_are_listed_separately() {
     ));
     files.push(("series.json".into(), b"{\"a\": 1}".to_vec()));
     files.push(("DICOMDIR".into(), vec![0u8; 10]));
-    let list = match read_files(&files).unwrap() {
+    let list = match read_files(&files, None).unwrap() {
         FilesContent::Series(list) => list,
         other => panic!("two series read as one volume: {other:?}"),
     };
@@ -457,6 +458,16 @@ fn dicom_mixed_series_are_listed_separately() {
     let ct_v = dicom::read_series(&files, &ct.uid).unwrap();
     assert_eq!(ct_v.geometry.dims, [128, 128, 1]);
     assert!(dicom::read_series(&files, "1.2.3").is_err());
+    // Choosing a series reads it; the page and the CLI go through this.
+    match read_files(&files, Some(&ct.uid)).unwrap() {
+        FilesContent::Volume { volume, format, .. } => {
+            assert_eq!(format, Format::Dicom);
+            assert_eq!(volume.data, ct_v.data);
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = read_files(&files, Some("1.2.3")).unwrap_err().to_string();
+    assert!(err.contains("\"1.2.3\"") && err.contains(&sag.uid), "{err}");
 }
 
 #[test]
@@ -466,7 +477,7 @@ fn dicom_file_in_the_wrong_series_is_an_error_naming_it() {
         "intruder.dcm".into(),
         fixture("CT_small_in_sagittal_series.dcm"),
     ));
-    let err = read_files(&files).unwrap_err();
+    let err = read_files(&files, None).unwrap_err();
     let m = err.to_string();
     assert!(
         m.contains("intruder.dcm") && m.contains("not one series"),
@@ -479,7 +490,7 @@ fn dicom_two_slices_at_one_position_is_an_error() {
     let mut files = shared_folder("dicom/siemens_prisma_sagittal_gre_series2/dicom");
     let copy = files[0].1.clone();
     files.push(("copy_of_1.dcm".into(), copy));
-    let m = read_files(&files).unwrap_err().to_string();
+    let m = read_files(&files, None).unwrap_err().to_string();
     assert!(m.contains("same position"), "{m}");
 }
 
@@ -714,7 +725,7 @@ fn empty_files_are_refused_by_every_reader() {
             other => panic!("{what}: {other:?}"),
         }
     }
-    assert!(read_files(&[]).is_err());
+    assert!(read_files(&[], None).is_err());
 }
 
 #[test]
@@ -932,10 +943,13 @@ fn regression_inputs_do_not_panic() {
         let _ = metaimage::read_mha(&bytes);
         let _ = dicom::read_dicom(&bytes);
         let _ = nifti::read_nifti(&bytes);
-        let _ = read_files(&[
-            ("a.dcm".to_string(), bytes.clone()),
-            ("b.dcm".to_string(), bytes.clone()),
-        ]);
+        let _ = read_files(
+            &[
+                ("a.dcm".to_string(), bytes.clone()),
+                ("b.dcm".to_string(), bytes.clone()),
+            ],
+            None,
+        );
         n += 1;
     }
     assert!(n >= 2, "regression inputs missing from {}", dir.display());

@@ -14,14 +14,19 @@ import {
 const $ = (id) => document.getElementById(id);
 const el = {
   fileInput: $('file-input'),
+  folderInput: $('folder-input'),
   sampleButton: $('sample-button'),
   volumeInfo: $('volume-info'),
+  seriesChooser: $('series-chooser'),
+  seriesSelect: $('series-select'),
+  seriesOpen: $('series-open'),
   modelSelect: $('model-select'),
   modelInfo: $('model-info'),
   cropInput: $('crop-input'),
   backendSelect: $('backend-select'),
   runButton: $('run-button'),
   downloadButton: $('download-button'),
+  downloadLikeInput: $('download-like-input'),
   progress: $('progress'),
   stage: $('stage'),
   runStatus: $('run-status'),
@@ -56,7 +61,12 @@ const SAMPLE_URL = 'assets/data/t1_crop.nii.gz';
 const state = {
   ready: false, // the core (wasm) has started in the worker
   registry: null, // {models: [...]}
-  input: null, // {name, bytes: Uint8Array, info: {dims, spacing, datatype, orientation}}
+  // The volume: its files as chosen ([[name, Uint8Array]]; one file, a header and its data, or
+  // DICOM slices), the DICOM series chosen among them, and what the core read:
+  // {name, files, series, info: {dims, spacing, orientation, affine, format}, skipped}
+  input: null,
+  // Files holding several DICOM series, waiting for the user to choose: {name, files, series: [...]}
+  pendingSeries: null,
   result: null, // the selected run (see `runs`)
   // Runs on the current input, keyed by model id, in the order they were first made:
   // {id, modelId, modelName, labels, backend, adapter, timings_ms, n_classes, parameters, gflops,
@@ -160,8 +170,10 @@ const STAGES = {
   native: [() => 'Back to native space', 0.96, 1],
 };
 
+/** A file name's base for derived files: no extension, nothing a file system may refuse. */
 function stem(fileName) {
-  return fileName.replace(/\.(nii\.gz|nii|mgz|mgh|gz)$/i, '') || 'volume';
+  const base = fileName.replace(/\.(nii\.gz|nii|mgz|mgh|nrrd|nhdr|mha|mhd|dcm|gz)$/i, '');
+  return base.replace(/[^\w.-]+/g, '_') || 'volume';
 }
 
 // ---- UI updates -------------------------------------------------------------------------
@@ -196,10 +208,14 @@ function selectedModel() {
 function updateControls() {
   const busy = state.running;
   el.fileInput.disabled = busy;
+  el.folderInput.disabled = busy;
   el.sampleButton.disabled = busy;
+  el.seriesSelect.disabled = busy;
+  el.seriesOpen.disabled = busy || !state.pendingSeries;
   el.modelSelect.disabled = busy || !state.registry;
   el.runButton.disabled = busy || !state.ready || !state.input || !selectedModel();
   el.downloadButton.disabled = busy || !state.result;
+  el.downloadLikeInput.disabled = busy || !state.result;
   el.dropZone.classList.toggle('busy', busy);
   el.referenceInput.disabled = busy || !state.ready || !state.input;
   el.mappingSelect.disabled = busy;
@@ -267,13 +283,38 @@ function showVolumeInfo() {
     el.volumeInfo.textContent = 'No volume loaded.';
     return;
   }
-  const { dims = [], spacing = [], datatype, orientation } = input.info ?? {};
+  const { dims = [], spacing = [], format, orientation } = input.info ?? {};
   const parts = [input.name];
+  if (format) parts.push(input.series ? `${format} series` : format);
   if (dims.length) parts.push(`${dims.join(' × ')} voxels`);
   if (spacing.length) parts.push(`${spacing.slice(0, 3).map((s) => Number(s).toFixed(2)).join(' × ')} mm`);
-  if (datatype !== undefined) parts.push(String(datatype));
   if (orientation !== undefined) parts.push(String(Array.isArray(orientation) ? orientation.join('') : orientation));
+  if (input.skipped?.length) parts.push(`${input.skipped.length} file(s) not used`);
   el.volumeInfo.textContent = parts.join(' · ');
+  el.volumeInfo.title = (input.skipped ?? []).map(([name, why]) => `${name}: ${why}`).join('\n');
+}
+
+/** Offers the series found among the files; the current volume stays until one is opened. */
+function showSeriesChooser() {
+  const pending = state.pendingSeries;
+  el.seriesChooser.hidden = !pending;
+  if (!pending) return;
+  el.seriesSelect.replaceChildren(
+    ...pending.series.map((s) => {
+      const text = [
+        s.number !== null && s.number !== undefined ? `#${s.number}` : null,
+        s.modality,
+        s.description || '(no description)',
+        `${s.dims.join(' × ')}`,
+        `${s.files} file${s.files === 1 ? '' : 's'}`,
+      ]
+        .filter(Boolean)
+        .join(' · ');
+      const option = new Option(text, s.uid);
+      option.title = `SeriesInstanceUID ${s.uid}`;
+      return option;
+    }),
+  );
 }
 
 function showRunStatus(result) {
@@ -297,18 +338,29 @@ function showRunStatus(result) {
 const core = new Core();
 const viewer = new Viewer(el.canvas);
 
-/** Checks a volume with the core, then makes it the input. A bad file leaves everything as it was. */
-async function loadVolume(name, readBytes) {
+/**
+ * Reads files with the core, then makes them the input; files holding several DICOM series
+ * first ask which one (`series`). A bad selection leaves everything as it was.
+ */
+async function loadVolume(name, readFiles, series = null) {
   if (state.running) return;
   clearError();
   state.running = true;
   updateControls();
   el.stage.textContent = `Opening ${name}…`;
   try {
-    const bytes = await readBytes();
+    const files = await readFiles();
     await core.ready;
-    const info = await core.call('inspect', { bytes, fileName: name });
-    state.input = { name, bytes, info };
+    const opened = await core.call('open', { files, series, view: viewer.running });
+    if (opened.series) {
+      state.pendingSeries = { name, files, series: opened.series };
+      showSeriesChooser();
+      el.stage.textContent = `${name} holds ${opened.series.length} series: choose one.`;
+      return;
+    }
+    state.pendingSeries = null;
+    showSeriesChooser();
+    state.input = { name, files, series, info: opened.info, skipped: opened.skipped };
     state.result = null;
     state.runs = new Map(); // runs and the reference belong to one case
     state.reference = null;
@@ -320,9 +372,9 @@ async function loadVolume(name, readBytes) {
     el.stage.textContent = 'Ready to run.';
     showVolumeInfo();
     showLegend(selectedModel()?.labels ?? []);
-    if (viewer.running) {
+    if (viewer.running && opened.view) {
       try {
-        await viewer.showVolume(bytes, name);
+        await viewer.showVolume(opened.view, `${stem(name)}.nii`);
         el.viewerEmpty.hidden = true;
       } catch (err) {
         showError(`The viewer could not display ${name} (${err.message ?? err}); it can still be segmented.`);
@@ -337,17 +389,67 @@ async function loadVolume(name, readBytes) {
   }
 }
 
-function loadFile(file) {
-  if (!file) return;
-  return loadVolume(file.name, async () => new Uint8Array(await file.arrayBuffer()));
+/** What to call a selection: the file, the folder, or the first file and a count. */
+function selectionName(files, folder) {
+  if (folder) return folder;
+  if (files.length === 1) return files[0].name;
+  // A detached header names the volume better than its data file.
+  const header = files.find((f) => /\.(mhd|nhdr)$/i.test(f.name));
+  return header ? header.name : `${files[0].name} and ${files.length - 1} more`;
+}
+
+/** Loads File objects (from the file chooser, a folder chooser or a drop). */
+function loadFiles(files, folder = null) {
+  if (!files.length) return;
+  const name = selectionName(files, folder);
+  return loadVolume(name, () =>
+    Promise.all(
+      files.map(async (file) => {
+        try {
+          return [file.webkitRelativePath || file.name, new Uint8Array(await file.arrayBuffer())];
+        } catch (err) {
+          throw new Error(`${file.name} could not be read (${err.message ?? err}).`);
+        }
+      }),
+    ),
+  );
+}
+
+function openChosenSeries() {
+  const pending = state.pendingSeries;
+  if (!pending) return;
+  return loadVolume(pending.name, async () => pending.files, el.seriesSelect.value);
 }
 
 function loadSample() {
   return loadVolume('t1_crop.nii.gz', async () => {
     const response = await fetch(SAMPLE_URL);
     if (!response.ok) throw new Error(`The sample volume could not be loaded (HTTP ${response.status} for ${SAMPLE_URL}).`);
-    return new Uint8Array(await response.arrayBuffer());
+    return [['t1_crop.nii.gz', new Uint8Array(await response.arrayBuffer())]];
   });
+}
+
+/** The files of a drop, folders walked recursively; `folder` is the dropped folder's name. */
+async function droppedFiles(dataTransfer) {
+  const entries = [...dataTransfer.items].map((item) => item.webkitGetAsEntry?.()).filter(Boolean);
+  if (!entries.length) return { files: [...dataTransfer.files], folder: null };
+  const files = [];
+  const walk = async (entry) => {
+    if (entry.isFile) {
+      files.push(await new Promise((resolve, reject) => entry.file(resolve, reject)));
+    } else if (entry.isDirectory) {
+      const reader = entry.createReader();
+      // readEntries returns the entries in batches until it returns none.
+      for (;;) {
+        const batch = await new Promise((resolve, reject) => reader.readEntries(resolve, reject));
+        if (!batch.length) break;
+        for (const child of batch) await walk(child);
+      }
+    }
+  };
+  for (const entry of entries) await walk(entry);
+  const folder = entries.length === 1 && entries[0].isDirectory ? entries[0].name : null;
+  return { files, folder };
 }
 
 async function run() {
@@ -365,7 +467,7 @@ async function run() {
   try {
     const value = await core.call(
       'segment',
-      { bytes: input.bytes, fileName: input.name, modelId: model.id, options, base: document.baseURI },
+      { files: input.files, series: input.series, inputName: input.name, modelId: model.id, options, base: document.baseURI },
       ({ stage, done, total }) => showStage(stage, done, total),
     );
     const fileName = `${stem(input.name)}_${model.id}.nii.gz`;
@@ -499,6 +601,8 @@ async function selectRun(id) {
   if (!run) return;
   state.result = run;
   showRunStatus(run);
+  el.downloadLikeInput.hidden = run.likeInputExtension === '.nii.gz';
+  el.downloadLikeInput.textContent = `Download ${run.likeInputExtension}`;
   showLegend(run.labelInfo);
   showRuns();
   showEvaluation();
@@ -594,7 +698,7 @@ function loadReference(file) {
     } catch (err) {
       throw new Error(`${file.name} could not be read (${err.message ?? err}).`);
     }
-    await core.call('inspect', { bytes, fileName: file.name });
+    await core.call('open', { files: [[file.name, bytes]], series: null, view: false });
     const reference = { name: file.name, bytes };
     const settings = chosenSettings();
     if (state.runs.size) await evaluateAll(reference, settings);
@@ -631,8 +735,8 @@ function mappingChanged() {
   }
 }
 
-function saveFile(text, fileName, type) {
-  const url = URL.createObjectURL(new Blob([text], { type }));
+function saveFile(content, fileName, type) {
+  const url = URL.createObjectURL(new Blob([content], { type }));
   const a = document.createElement('a');
   a.href = url;
   a.download = fileName;
@@ -652,29 +756,31 @@ function exportComparison(kind) {
   if (kind === 'html') saveFile(comparisonHtml(runs, meta), `${base}.html`, 'text/html');
 }
 
-function download() {
+/** Downloads the selected run's labels: NIfTI, or (`likeInput`) in the input's own format. */
+function download(likeInput = false) {
   const result = state.result;
   if (!result) return;
-  const url = URL.createObjectURL(new Blob([result.labels], { type: 'application/gzip' }));
-  const a = document.createElement('a');
-  a.href = url;
-  a.download = result.fileName;
-  document.body.append(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  if (likeInput) saveFile(result.labelsLikeInput, `${stem(result.fileName)}${result.likeInputExtension}`, 'application/octet-stream');
+  else saveFile(result.labels, result.fileName, 'application/gzip');
 }
 
 // ---- wiring -----------------------------------------------------------------------------
 
 el.fileInput.addEventListener('change', () => {
-  const file = el.fileInput.files[0];
+  const files = [...el.fileInput.files];
   el.fileInput.value = ''; // choosing the same file again still loads it
-  loadFile(file);
+  loadFiles(files);
 });
+el.folderInput.addEventListener('change', () => {
+  const files = [...el.folderInput.files];
+  el.folderInput.value = '';
+  loadFiles(files, files[0]?.webkitRelativePath.split('/')[0] || null);
+});
+el.seriesOpen.addEventListener('click', openChosenSeries);
 el.sampleButton.addEventListener('click', loadSample);
 el.runButton.addEventListener('click', run);
-el.downloadButton.addEventListener('click', download);
+el.downloadButton.addEventListener('click', () => download());
+el.downloadLikeInput.addEventListener('click', () => download(true));
 el.modelSelect.addEventListener('change', () => {
   showModelInfo();
   if (!state.result) showLegend(selectedModel()?.labels ?? []);
@@ -700,10 +806,16 @@ el.dropZone.addEventListener('dragover', (e) => {
   el.dropZone.classList.add('dragging');
 });
 el.dropZone.addEventListener('dragleave', () => el.dropZone.classList.remove('dragging'));
-el.dropZone.addEventListener('drop', (e) => {
+el.dropZone.addEventListener('drop', async (e) => {
   e.preventDefault();
   el.dropZone.classList.remove('dragging');
-  if (!state.running) loadFile(e.dataTransfer.files[0]);
+  if (state.running) return;
+  try {
+    const { files, folder } = await droppedFiles(e.dataTransfer);
+    await loadFiles(files, folder);
+  } catch (err) {
+    showError(`The dropped files could not be read (${err.message ?? err}).`);
+  }
 });
 
 if (!('gpu' in navigator)) {

@@ -1,9 +1,9 @@
 // The inference worker: loads the Rust core (wasm), fetches and checks model files, runs
 // segmentation, and reports progress. The page talks to it with messages
-//   {id, op: 'inspect' | 'segment' | 'evaluate', ...}  ->  {id, ok: true, value} | {id, ok: false, error}
+//   {id, op: 'open' | 'segment' | 'evaluate', ...}  ->  {id, ok: true, value} | {id, ok: false, error}
 // plus {id, progress: {stage, done, total}} while a segmentation runs. On start it posts
 //   {ready: true, registry, presets} or {ready: false, error}.
-import init, { registry_json, inspect_volume, segment, evaluate, mapping_presets_json } from '../pkg/insitu.js';
+import init, { registry_json, open_volume, segment, evaluate, mapping_presets_json } from '../pkg/insitu.js';
 
 const wasmUrl = new URL('../pkg/insitu_bg.wasm', import.meta.url);
 
@@ -109,21 +109,32 @@ function loadModel(model, base, progress) {
   return files;
 }
 
+/** [[name, bytes]] -> the Map<name, Uint8Array> the core takes. */
+function fileMap(files) {
+  return new Map(files.map(([name, bytes]) => [name, new Uint8Array(bytes)]));
+}
+
 const ops = {
-  async inspect({ bytes, fileName }) {
+  /**
+   * Reads a selection of files: resolves {series, skipped} when they hold several DICOM series
+   * and `series` (a SeriesInstanceUID) is null, else {info, skipped, view?: Uint8Array (.nii)}.
+   */
+  async open({ files, series, view }) {
     await ready;
-    return plain(inspect_volume(new Uint8Array(bytes), fileName));
+    return plain(open_volume(fileMap(files), series ?? undefined, Boolean(view)));
   },
 
-  async segment({ bytes, fileName, modelId, options, base }, progress) {
+  async segment({ files, series, inputName, modelId, options, base }, progress) {
     await ready;
     const model = registry.models.find((m) => m.id === modelId);
     if (!model) throw new Error(`Unknown model ${modelId}.`);
-    const files = await loadModel(model, base, progress);
-    const r = await segment(new Uint8Array(bytes), fileName, modelId, files, options, progress);
+    const modelFiles = await loadModel(model, base, progress);
+    const r = await segment(fileMap(files), series ?? undefined, inputName, modelId, modelFiles, options, progress);
     // Copy the fields out: the result may be a wasm-bindgen object the page cannot receive.
     return {
       labels: new Uint8Array(r.labels),
+      labelsLikeInput: new Uint8Array(r.labels_like_input),
+      likeInputExtension: r.like_input_extension,
       backend: r.backend,
       adapter: r.adapter,
       timings_ms: plain(r.timings_ms),
@@ -149,7 +160,9 @@ onmessage = async ({ data }) => {
   try {
     if (!ops[op]) throw new Error(`Unknown operation ${op}.`);
     const value = await ops[op](args, progress);
-    const transfer = [value?.labels, value?.errorMap].filter((v) => v instanceof Uint8Array).map((v) => v.buffer);
+    const transfer = Object.values(value ?? {})
+      .filter((v) => v instanceof Uint8Array)
+      .map((v) => v.buffer);
     postMessage({ id, ok: true, value }, transfer);
   } catch (err) {
     postMessage({ id, ok: false, error: message(err) });

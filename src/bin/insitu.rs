@@ -286,7 +286,7 @@ fn read_input_as(path: &Path, series: Option<&str>) -> Result<(Volume, Format)> 
             }
         }
     }
-    match volume::read_files(&files).map_err(|e| anyhow!("{name}: {e}"))? {
+    match volume::read_files(&files, series).map_err(|e| anyhow!("{name}: {e}"))? {
         FilesContent::Volume {
             volume,
             format,
@@ -301,30 +301,21 @@ fn read_input_as(path: &Path, series: Option<&str>) -> Result<(Volume, Format)> 
             Ok((volume, format))
         }
         FilesContent::Series(list) => {
-            let chosen = match series {
-                Some(uid) => uid.to_string(),
-                None if list.series.len() == 1 => list.series[0].uid.clone(),
-                None => {
-                    let lines: Vec<String> = list
-                        .series
-                        .iter()
-                        .map(|s| {
-                            format!(
-                                "  {}  {} {} ({} files, {:?})",
-                                s.uid, s.modality, s.description, s.files, s.dims
-                            )
-                        })
-                        .collect();
-                    bail!(
-                        "{name}: holds {} DICOM series; pick one with --series UID:\n{}",
-                        list.series.len(),
-                        lines.join("\n")
-                    );
-                }
-            };
-            let volume =
-                volume::dicom::read_series(&files, &chosen).map_err(|e| anyhow!("{name}: {e}"))?;
-            Ok((volume, Format::Dicom))
+            let lines: Vec<String> = list
+                .series
+                .iter()
+                .map(|s| {
+                    format!(
+                        "  {}  {} {} ({} files, {:?})",
+                        s.uid, s.modality, s.description, s.files, s.dims
+                    )
+                })
+                .collect();
+            bail!(
+                "{name}: holds {} DICOM series; pick one with --series UID:\n{}",
+                list.series.len(),
+                lines.join("\n")
+            )
         }
     }
 }

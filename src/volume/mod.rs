@@ -175,9 +175,12 @@ pub enum FilesContent {
 
 /// Reads a selection of files (name, bytes): a single volume file; a `.mhd` or `.nhdr` header
 /// with its data file; or DICOM files of one series (several series give
-/// [`FilesContent::Series`]). Files that are not DICOM in a DICOM selection are skipped and
-/// listed. Errors name the file they concern.
-pub fn read_files(files: &[(String, Vec<u8>)]) -> Result<FilesContent, VolumeError> {
+/// [`FilesContent::Series`] unless `series` names the SeriesInstanceUID to read). Files that
+/// are not DICOM in a DICOM selection are skipped and listed. Errors name the file they concern.
+pub fn read_files(
+    files: &[(String, Vec<u8>)],
+    series: Option<&str>,
+) -> Result<FilesContent, VolumeError> {
     let base = |n: &str| n.rsplit(['/', '\\']).next().unwrap_or(n).to_string();
     let skipped_except = |used: &[&str]| -> Vec<(String, String)> {
         files
@@ -240,8 +243,8 @@ pub fn read_files(files: &[(String, Vec<u8>)]) -> Result<FilesContent, VolumeErr
         });
     }
     let list = dicom::list_series(files)?;
-    match list.series.as_slice() {
-        [] => {
+    let uid = match (list.series.as_slice(), series) {
+        ([], _) => {
             // No DICOM: a single readable volume among other files (e.g. with a .json sidecar)?
             let readable: Vec<&(String, Vec<u8>)> = files
                 .iter()
@@ -250,21 +253,32 @@ pub fn read_files(files: &[(String, Vec<u8>)]) -> Result<FilesContent, VolumeErr
             if let [(name, bytes)] = readable.as_slice() {
                 return read_one(name, bytes);
             }
-            Err(VolumeError::NotRecognized(format!(
+            return Err(VolumeError::NotRecognized(format!(
                 "none of the {} files is a DICOM image or a single volume file",
                 files.len()
-            )))
+            )));
         }
-        [one] => {
-            let volume = dicom::read_series(files, &one.uid)?;
-            Ok(FilesContent::Volume {
-                volume,
-                format: Format::Dicom,
-                skipped: list.skipped,
-            })
-        }
-        _ => Ok(FilesContent::Series(list)),
-    }
+        (all, Some(uid)) => all
+            .iter()
+            .find(|s| s.uid == uid)
+            .map(|s| s.uid.clone())
+            .ok_or_else(|| {
+                VolumeError::NotRecognized(format!(
+                    "no DICOM series \"{uid}\" among the files (they hold {})",
+                    all.iter()
+                        .map(|s| format!("\"{}\"", s.uid))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?,
+        ([one], None) => one.uid.clone(),
+        (_, None) => return Ok(FilesContent::Series(list)),
+    };
+    Ok(FilesContent::Volume {
+        volume: dicom::read_series(files, &uid)?,
+        format: Format::Dicom,
+        skipped: list.skipped,
+    })
 }
 
 /// Writes a label map in the format of the input it was computed from (same geometry): NIfTI

@@ -50,7 +50,7 @@ export function failIfMissing(missing, howToRun) {
 
 // ---- NIfTI-1 ------------------------------------------------------------------------------
 
-/** Header fields and the voxel bytes of a NIfTI-1 file (.nii or .nii.gz). */
+/** Header fields, the sform rows (3 x 4) and the voxel bytes of a NIfTI-1 file (.nii or .nii.gz). */
 export function readNifti(bytes, what) {
   let buf = Buffer.from(bytes);
   if (buf[0] === 0x1f && buf[1] === 0x8b) buf = gunzipSync(buf);
@@ -62,10 +62,13 @@ export function readNifti(bytes, what) {
   const dims = Array.from({ length: ndim }, (_, i) => i16(42 + 2 * i));
   const datatype = i16(70);
   const bitpix = i16(72);
-  const voxOffset = little ? buf.readFloatLE(108) : buf.readFloatBE(108);
+  const f32 = (at) => (little ? buf.readFloatLE(at) : buf.readFloatBE(at));
+  const voxOffset = f32(108);
+  const scale = { slope: f32(112), inter: f32(116) };
+  const srow = [280, 296, 312].map((at) => [0, 1, 2, 3].map((i) => f32(at + 4 * i)));
   const nbytes = (dims.reduce((a, b) => a * b, 1) * bitpix) / 8;
   assert.ok(buf.length >= voxOffset + nbytes, `${what}: ${buf.length} bytes, header promises ${voxOffset + nbytes}`);
-  return { dims, datatype, bitpix, little, voxels: buf.subarray(voxOffset, voxOffset + nbytes) };
+  return { dims, datatype, bitpix, little, scale, srow, voxels: buf.subarray(voxOffset, voxOffset + nbytes) };
 }
 
 export function firstDifference(a, b) {
@@ -79,6 +82,18 @@ export function firstDifference(a, b) {
     }
   }
   return { count, first };
+}
+
+/** Drops files ([{name, bytes}]) on the page's drop zone, as a user dragging them would. */
+export async function dropFiles(page, files) {
+  const dataTransfer = await page.evaluateHandle((list) => {
+    const transfer = new DataTransfer();
+    for (const { name, base64 } of list) {
+      transfer.items.add(new File([Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))], name));
+    }
+    return transfer;
+  }, files.map(({ name, bytes }) => ({ name, base64: Buffer.from(bytes).toString('base64') })));
+  await page.dispatchEvent('[data-testid=drop-zone]', 'drop', { dataTransfer });
 }
 
 // ---- server and browser -----------------------------------------------------------------
