@@ -31,6 +31,22 @@ fn models_lists_the_registry_with_the_default_marked() {
         .any(|l| l.starts_with("tissue_fast") && l.contains("(default)")));
 }
 
+/// `insitu models | head -0`: the reader is gone before the output is written. Rust's
+/// `println!` would panic on the broken pipe; the CLI exits quietly instead.
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_insitu"))
+        .arg("models")
+        .stdout(writer)
+        .output()
+        .expect("insitu runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
 #[test]
 fn segment_help_documents_both_output_spaces() {
     let out = insitu(&["segment", "--help"]);

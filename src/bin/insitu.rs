@@ -133,9 +133,24 @@ enum DeviceChoice {
     Gpu,
 }
 
+/// `println!` that returns an error instead of panicking when stdout is closed (`| head`).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)?
+    };
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(error) = run(cli) {
+        // A reader that stopped reading (`insitu info x | head -1`) is not a failure.
+        let closed = error.chain().any(|e| {
+            e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if closed {
+            return;
+        }
         eprintln!("insitu: {error:#}");
         std::process::exit(1);
     }
@@ -220,7 +235,7 @@ fn list_models() -> Result<()> {
     let registry = Registry::builtin();
     for entry in registry.models() {
         let bytes: u64 = entry.files.iter().map(|f| f.bytes).sum();
-        println!(
+        out!(
             "{:<14} {:<28} {:<22} {:>7} params {:>6} KiB{}",
             entry.id,
             entry.name,
@@ -477,14 +492,14 @@ fn eval_pair(
     )
     .with_context(|| format!("{} vs {}", pred.display(), reference.display()))?;
     if json {
-        println!("{}", report.to_json());
+        out!("{}", report.to_json());
     } else {
-        print_table(&report);
+        print_table(&report)?;
     }
     Ok(())
 }
 
-fn print_table(report: &Report) {
+fn print_table(report: &Report) -> Result<()> {
     let f = |v: f64| {
         if v.is_finite() {
             format!("{v:.4}")
@@ -492,12 +507,12 @@ fn print_table(report: &Report) {
             "inf".into()
         }
     };
-    println!(
+    out!(
         "{:>6} {:<24} {:>7} {:>7} {:>9} {:>9} {:>7} {:>10} {:>10}",
         "label", "name", "dice", "iou", "hd95_mm", "assd_mm", "nsd", "pred_ml", "ref_ml"
     );
     for m in &report.labels {
-        println!(
+        out!(
             "{:>6} {:<24} {:>7} {:>7} {:>9} {:>9} {:>7} {:>10.3} {:>10.3}",
             m.label,
             m.name.as_deref().unwrap_or(""),
@@ -512,7 +527,7 @@ fn print_table(report: &Report) {
     }
     let o = |v: Option<f64>| v.map(f).unwrap_or_else(|| "-".into());
     let mean = &report.mean;
-    println!(
+    out!(
         "{:>6} {:<24} {:>7} {:>7} {:>9} {:>9} {:>7}   (NSD at {} mm)",
         "mean",
         "",
@@ -523,6 +538,7 @@ fn print_table(report: &Report) {
         o(mean.nsd),
         report.tolerance_mm
     );
+    Ok(())
 }
 
 /// The reference label file for `image`: same file name, or same stem with any volume extension.
@@ -654,19 +670,19 @@ fn info(input: &Path, json: bool, series: Option<&str>) -> Result<()> {
             "min": min,
             "max": max,
         });
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        out!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(());
     }
-    println!("format      {format:?}");
-    println!("range       {min} .. {max}");
-    println!("dims        {} x {} x {}", g.dims[0], g.dims[1], g.dims[2]);
-    println!(
+    out!("format      {format:?}");
+    out!("range       {min} .. {max}");
+    out!("dims        {} x {} x {}", g.dims[0], g.dims[1], g.dims[2]);
+    out!(
         "spacing     {:.4} x {:.4} x {:.4} mm",
         g.spacing[0], g.spacing[1], g.spacing[2]
     );
-    println!("orientation {}", g.orientation_code());
+    out!("orientation {}", g.orientation_code());
     for row in &g.affine {
-        println!(
+        out!(
             "affine      {:>10.4} {:>10.4} {:>10.4} {:>10.4}",
             row[0], row[1], row[2], row[3]
         );
@@ -715,7 +731,7 @@ fn fetch(dest: &Path, only: &[String]) -> Result<()> {
                 },
                 dest,
             )?;
-            println!("{}", path.display());
+            out!("{}", path.display());
         }
     }
     for sample in registry.samples() {
@@ -728,7 +744,7 @@ fn fetch(dest: &Path, only: &[String]) -> Result<()> {
             },
             dest,
         )?;
-        println!("{}", path.display());
+        out!("{}", path.display());
     }
     Ok(())
 }
