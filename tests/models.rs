@@ -341,6 +341,15 @@ fn expect_err(files: &ModelFiles) -> ModelError {
     }
 }
 
+/// The error of loading registry model `model` after `edit` changed its model.json.
+fn error_after_edit(model: &str, edit: impl FnOnce(&mut Value)) -> ModelError {
+    let mut files = registry_files(model);
+    let mut json: Value = serde_json::from_slice(&files["model.json"]).unwrap();
+    edit(&mut json);
+    files.insert("model.json".into(), serde_json::to_vec(&json).unwrap());
+    expect_err(&files)
+}
+
 #[test]
 fn missing_weight_files() {
     let mut files = registry_files("tissue_gw_20ch");
@@ -450,38 +459,32 @@ fn corrupted_pth_zip() {
 
 #[test]
 fn unknown_tfjs_layer_class_is_named() {
-    let mut files = registry_files("tissue_gw_20ch");
-    let mut json: Value = serde_json::from_slice(&files["model.json"]).unwrap();
-    let layers = json["modelTopology"]["model_config"]["config"]["layers"]
-        .as_array_mut()
-        .unwrap();
-    layers[2]["class_name"] = "LeakyReLU".into();
-    files.insert("model.json".into(), serde_json::to_vec(&json).unwrap());
-    let err = expect_err(&files);
+    let err = error_after_edit("tissue_gw_20ch", |json| {
+        let layers = json["modelTopology"]["model_config"]["config"]["layers"]
+            .as_array_mut()
+            .unwrap();
+        layers[2]["class_name"] = "LeakyReLU".into();
+    });
     assert!(
         matches!(&err, ModelError::UnsupportedLayer(m) if m.contains("LeakyReLU") && m.contains("activation_1")),
         "{err}"
     );
 
     // An activation the engine lacks.
-    let mut files = registry_files("tissue_gw_20ch");
-    let mut json: Value = serde_json::from_slice(&files["model.json"]).unwrap();
-    json["modelTopology"]["model_config"]["config"]["layers"][2]["config"]["activation"] =
-        "selu".into();
-    files.insert("model.json".into(), serde_json::to_vec(&json).unwrap());
-    let err = expect_err(&files);
+    let err = error_after_edit("tissue_gw_20ch", |json| {
+        json["modelTopology"]["model_config"]["config"]["layers"][2]["config"]["activation"] =
+            "selu".into();
+    });
     assert!(
         matches!(&err, ModelError::UnsupportedLayer(m) if m.contains("selu") && m.contains("activation_1")),
         "{err}"
     );
 
     // A stride the engine lacks.
-    let mut files = registry_files("tissue_gw_20ch");
-    let mut json: Value = serde_json::from_slice(&files["model.json"]).unwrap();
-    json["modelTopology"]["model_config"]["config"]["layers"][3]["config"]["strides"] =
-        serde_json::json!([2, 2, 2]);
-    files.insert("model.json".into(), serde_json::to_vec(&json).unwrap());
-    let err = expect_err(&files);
+    let err = error_after_edit("tissue_gw_20ch", |json| {
+        json["modelTopology"]["model_config"]["config"]["layers"][3]["config"]["strides"] =
+            serde_json::json!([2, 2, 2]);
+    });
     assert!(
         matches!(&err, ModelError::UnsupportedLayer(m) if m.contains("strides") && m.contains("conv3d_2")),
         "{err}"
@@ -548,11 +551,9 @@ fn tfjs_batch_norm_is_folded() {
 #[test]
 fn meshnet_config_problems() {
     // Shape mismatch between config and weights names the file, key and shapes.
-    let mut files = registry_files("tissue_fast");
-    let mut json: Value = serde_json::from_slice(&files["model.json"]).unwrap();
-    json["layers"][0]["out_channels"] = 6.into();
-    files.insert("model.json".into(), serde_json::to_vec(&json).unwrap());
-    let err = expect_err(&files);
+    let err = error_after_edit("tissue_fast", |json| {
+        json["layers"][0]["out_channels"] = 6.into();
+    });
     assert!(
         matches!(&err, ModelError::BadFormat(m) if m.contains("model.pth") && m.contains("model.0.weight")
             && m.contains("[5, 1, 3, 3, 3]") && m.contains("[6, 1, 3, 3, 3]")),
@@ -560,42 +561,34 @@ fn meshnet_config_problems() {
     );
 
     // Same through the positional (PyTorch zip) path.
-    let mut files = registry_files("mindgrab");
-    let mut json: Value = serde_json::from_slice(&files["model.json"]).unwrap();
-    json["layers"][3]["kernel_size"] = 1.into();
-    json["layers"][3]["padding"] = 0.into();
-    files.insert("model.json".into(), serde_json::to_vec(&json).unwrap());
-    let err = expect_err(&files);
+    let err = error_after_edit("mindgrab", |json| {
+        json["layers"][3]["kernel_size"] = 1.into();
+        json["layers"][3]["padding"] = 0.into();
+    });
     assert!(
         matches!(&err, ModelError::BadFormat(m) if m.contains("model.3.0.weight") && m.contains("[15, 15, 1, 1, 1]")),
         "{err}"
     );
 
-    let mut files = registry_files("tissue_fast");
-    let mut json: Value = serde_json::from_slice(&files["model.json"]).unwrap();
-    json["layers"][2]["stride"] = 2.into();
-    files.insert("model.json".into(), serde_json::to_vec(&json).unwrap());
-    let err = expect_err(&files);
+    let err = error_after_edit("tissue_fast", |json| {
+        json["layers"][2]["stride"] = 2.into();
+    });
     assert!(
         matches!(&err, ModelError::UnsupportedLayer(m) if m.contains("layers[2]") && m.contains("stride 2")),
         "{err}"
     );
 
-    let mut files = registry_files("tissue_fast");
-    let mut json: Value = serde_json::from_slice(&files["model.json"]).unwrap();
-    json["layers"][1]["padding"] = 1.into();
-    files.insert("model.json".into(), serde_json::to_vec(&json).unwrap());
-    let err = expect_err(&files);
+    let err = error_after_edit("tissue_fast", |json| {
+        json["layers"][1]["padding"] = 1.into();
+    });
     assert!(
         matches!(&err, ModelError::UnsupportedLayer(m) if m.contains("layers[1]") && m.contains("padding 1")),
         "{err}"
     );
 
-    let mut files = registry_files("tissue_fast");
-    let mut json: Value = serde_json::from_slice(&files["model.json"]).unwrap();
-    json["layers"][4]["kernel_size"] = 2.into();
-    files.insert("model.json".into(), serde_json::to_vec(&json).unwrap());
-    let err = expect_err(&files);
+    let err = error_after_edit("tissue_fast", |json| {
+        json["layers"][4]["kernel_size"] = 2.into();
+    });
     assert!(
         matches!(&err, ModelError::UnsupportedLayer(m) if m.contains("kernel_size 2")),
         "{err}"

@@ -509,7 +509,15 @@ fn print_table(report: &Report) -> Result<()> {
     };
     out!(
         "{:>6} {:<24} {:>7} {:>7} {:>9} {:>9} {:>7} {:>10} {:>10}",
-        "label", "name", "dice", "iou", "hd95_mm", "assd_mm", "nsd", "pred_ml", "ref_ml"
+        "label",
+        "name",
+        "dice",
+        "iou",
+        "hd95_mm",
+        "assd_mm",
+        "nsd",
+        "pred_ml",
+        "ref_ml"
     );
     for m in &report.labels {
         out!(
@@ -678,13 +686,18 @@ fn info(input: &Path, json: bool, series: Option<&str>) -> Result<()> {
     out!("dims        {} x {} x {}", g.dims[0], g.dims[1], g.dims[2]);
     out!(
         "spacing     {:.4} x {:.4} x {:.4} mm",
-        g.spacing[0], g.spacing[1], g.spacing[2]
+        g.spacing[0],
+        g.spacing[1],
+        g.spacing[2]
     );
     out!("orientation {}", g.orientation_code());
     for row in &g.affine {
         out!(
             "affine      {:>10.4} {:>10.4} {:>10.4} {:>10.4}",
-            row[0], row[1], row[2], row[3]
+            row[0],
+            row[1],
+            row[2],
+            row[3]
         );
     }
     Ok(())
