@@ -417,8 +417,14 @@ function loadFiles(files, folder = null) {
 
 function openChosenSeries() {
   const pending = state.pendingSeries;
-  if (!pending) return;
-  return loadVolume(pending.name, async () => pending.files, el.seriesSelect.value);
+  const chosen = pending?.series.find((s) => s.uid === el.seriesSelect.value);
+  if (!chosen) return;
+  // The series' own name says more than the files' ("1.dcm and 5 more").
+  const number = chosen.number ?? null;
+  const name = [chosen.description || chosen.modality || 'DICOM series', number !== null && `(series ${number})`]
+    .filter(Boolean)
+    .join(' ');
+  return loadVolume(name, async () => pending.files, chosen.uid);
 }
 
 function loadSample() {

@@ -75,6 +75,7 @@ test('a drop of two DICOM series asks which one, opens it on the right grid, and
     return { name, series, info, skipped };
   });
   assert.equal(input.series, sagittal.value);
+  assert.equal(input.name, 'gre_field_mapping_PMUlog (series 2)', 'the volume takes the series name');
   assert.equal(input.info.format, 'DICOM');
   assert.deepEqual(input.info.dims, [42, 64, 5]);
   assert.equal(input.skipped.length, 1, 'notes.txt is reported as not used');
