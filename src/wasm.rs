@@ -59,7 +59,7 @@ pub fn open_volume(
                     .map(|s| {
                         serde_json::json!({
                             "uid": s.uid, "description": s.description, "number": s.number,
-                            "modality": s.modality, "files": s.files, "dims": s.dims,
+                            "modality": s.modality, "files": s.files.len(), "dims": s.dims,
                         })
                     })
                     .collect();

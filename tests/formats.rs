@@ -448,7 +448,11 @@ fn dicom_mixed_series_are_listed_separately() {
         .iter()
         .find(|s| s.description == "gre_field_mapping_PMUlog")
         .unwrap();
-    assert_eq!((sag.files, sag.dims), (5, [42, 64, 5]));
+    assert_eq!((sag.files.len(), sag.dims), (5, [42, 64, 5]));
+    assert!(sag
+        .files
+        .iter()
+        .all(|n| n.ends_with(".dcm") && n != "CT_small.dcm"));
     assert_eq!(sag.number, Some(2));
     assert_eq!(sag.modality, "MR");
     let ct = list.series.iter().find(|s| s.modality == "CT").unwrap();
@@ -460,9 +464,20 @@ fn dicom_mixed_series_are_listed_separately() {
     assert!(dicom::read_series(&files, "1.2.3").is_err());
     // Choosing a series reads it; the page and the CLI go through this.
     match read_files(&files, Some(&ct.uid)).unwrap() {
-        FilesContent::Volume { volume, format, .. } => {
+        FilesContent::Volume {
+            volume,
+            format,
+            skipped,
+        } => {
             assert_eq!(format, Format::Dicom);
             assert_eq!(volume.data, ct_v.data);
+            // Everything but the CT file is reported unused: the other series' five slices too.
+            let mut unused: Vec<&str> = skipped.iter().map(|(n, _)| n.as_str()).collect();
+            unused.sort();
+            let mut want: Vec<&str> = sag.files.iter().map(String::as_str).collect();
+            want.extend(["DICOMDIR", "series.json"]);
+            want.sort();
+            assert_eq!(unused, want);
         }
         other => panic!("{other:?}"),
     }

@@ -360,7 +360,10 @@ async function loadVolume(name, readFiles, series = null) {
     }
     state.pendingSeries = null;
     showSeriesChooser();
-    state.input = { name, files, series, info: opened.info, skipped: opened.skipped };
+    // Keep only the files the volume is made of: each run sends them to the worker again.
+    const unused = new Set(opened.skipped.map(([path]) => path));
+    const used = files.filter(([path]) => !unused.has(path));
+    state.input = { name, files: used, series, info: opened.info, skipped: opened.skipped };
     state.result = null;
     state.runs = new Map(); // runs and the reference belong to one case
     state.reference = null;
@@ -392,27 +395,35 @@ async function loadVolume(name, readFiles, series = null) {
 /** What to call a selection: the file, the folder, or the first file and a count. */
 function selectionName(files, folder) {
   if (folder) return folder;
-  if (files.length === 1) return files[0].name;
+  if (files.length === 1) return files[0].file.name;
   // A detached header names the volume better than its data file.
-  const header = files.find((f) => /\.(mhd|nhdr)$/i.test(f.name));
-  return header ? header.name : `${files[0].name} and ${files.length - 1} more`;
+  const header = files.find(({ file }) => /\.(mhd|nhdr)$/i.test(file.name));
+  return header ? header.file.name : `${files[0].file.name} and ${files.length - 1} more`;
 }
 
-/** Loads File objects (from the file chooser, a folder chooser or a drop). */
+/**
+ * Loads files ([{path, file}] from the file chooser, a folder chooser or a drop). Paths keep
+ * same-named files of different folders apart (DICOM exports reuse slice names per series).
+ */
 function loadFiles(files, folder = null) {
   if (!files.length) return;
   const name = selectionName(files, folder);
   return loadVolume(name, () =>
     Promise.all(
-      files.map(async (file) => {
+      files.map(async ({ path, file }) => {
         try {
-          return [file.webkitRelativePath || file.name, new Uint8Array(await file.arrayBuffer())];
+          return [path, new Uint8Array(await file.arrayBuffer())];
         } catch (err) {
-          throw new Error(`${file.name} could not be read (${err.message ?? err}).`);
+          throw new Error(`${path} could not be read (${err.message ?? err}).`);
         }
       }),
     ),
   );
+}
+
+/** [{path, file}] of chosen File objects (a folder chooser gives each its relative path). */
+function chosenFiles(fileList) {
+  return [...fileList].map((file) => ({ path: file.webkitRelativePath || file.name, file }));
 }
 
 function openChosenSeries() {
@@ -435,14 +446,15 @@ function loadSample() {
   });
 }
 
-/** The files of a drop, folders walked recursively; `folder` is the dropped folder's name. */
+/** The files of a drop ([{path, file}]), folders walked recursively; `folder` names a dropped folder. */
 async function droppedFiles(dataTransfer) {
   const entries = [...dataTransfer.items].map((item) => item.webkitGetAsEntry?.()).filter(Boolean);
-  if (!entries.length) return { files: [...dataTransfer.files], folder: null };
+  if (!entries.length) return { files: chosenFiles(dataTransfer.files), folder: null };
   const files = [];
   const walk = async (entry) => {
     if (entry.isFile) {
-      files.push(await new Promise((resolve, reject) => entry.file(resolve, reject)));
+      const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
+      files.push({ path: entry.fullPath.replace(/^\//, ''), file });
     } else if (entry.isDirectory) {
       const reader = entry.createReader();
       // readEntries returns the entries in batches until it returns none.
@@ -773,14 +785,14 @@ function download(likeInput = false) {
 // ---- wiring -----------------------------------------------------------------------------
 
 el.fileInput.addEventListener('change', () => {
-  const files = [...el.fileInput.files];
+  const files = chosenFiles(el.fileInput.files);
   el.fileInput.value = ''; // choosing the same file again still loads it
   loadFiles(files);
 });
 el.folderInput.addEventListener('change', () => {
-  const files = [...el.folderInput.files];
+  const files = chosenFiles(el.folderInput.files);
   el.folderInput.value = '';
-  loadFiles(files, files[0]?.webkitRelativePath.split('/')[0] || null);
+  loadFiles(files, files[0]?.path.split('/')[0] || null);
 });
 el.seriesOpen.addEventListener('click', openChosenSeries);
 el.sampleButton.addEventListener('click', loadSample);

@@ -322,7 +322,11 @@ fn read_input_as(path: &Path, series: Option<&str>) -> Result<(Volume, Format)> 
                 .map(|s| {
                     format!(
                         "  {}  {} {} ({} files, {:?})",
-                        s.uid, s.modality, s.description, s.files, s.dims
+                        s.uid,
+                        s.modality,
+                        s.description,
+                        s.files.len(),
+                        s.dims
                     )
                 })
                 .collect();

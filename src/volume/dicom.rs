@@ -51,8 +51,8 @@ pub struct SeriesInfo {
     pub description: String,
     pub number: Option<i64>,
     pub modality: String,
-    /// Files of the series.
-    pub files: usize,
+    /// Names of the files of the series.
+    pub files: Vec<String>,
     /// Grid: columns, rows, frames (slices) over all files.
     pub dims: [usize; 3],
 }
@@ -80,7 +80,7 @@ pub fn read_dicom(bytes: &[u8]) -> Result<Volume, VolumeError> {
 /// Lists the image series among `files` (name, bytes). Files that are not DICOM images are
 /// skipped and listed in [`SeriesList::skipped`]; a file that is DICOM but broken is an error.
 pub fn list_series(files: &[(String, Vec<u8>)]) -> Result<SeriesList, VolumeError> {
-    let mut series: Vec<(SeriesInfo, usize, usize)> = Vec::new(); // info, frames, files
+    let mut series: Vec<SeriesInfo> = Vec::new();
     let mut skipped = Vec::new();
     for (name, bytes) in files {
         let inst = match classify(name, bytes, false)? {
@@ -91,28 +91,21 @@ pub fn list_series(files: &[(String, Vec<u8>)]) -> Result<SeriesList, VolumeErro
             }
         };
         let frames = inst.frames.len();
-        match series.iter_mut().find(|(s, _, _)| s.uid == inst.series_uid) {
-            Some((s, f, n)) => {
-                *f += frames;
-                *n += 1;
-                s.dims[2] = *f;
-                s.files = *n;
+        match series.iter_mut().find(|s| s.uid == inst.series_uid) {
+            Some(s) => {
+                s.dims[2] += frames;
+                s.files.push(name.clone());
             }
-            None => series.push((
-                SeriesInfo {
-                    uid: inst.series_uid.clone(),
-                    description: inst.description.clone(),
-                    number: inst.series_number,
-                    modality: inst.modality.clone(),
-                    files: 1,
-                    dims: [usize::from(inst.cols), usize::from(inst.rows), frames],
-                },
-                frames,
-                1,
-            )),
+            None => series.push(SeriesInfo {
+                uid: inst.series_uid.clone(),
+                description: inst.description.clone(),
+                number: inst.series_number,
+                modality: inst.modality.clone(),
+                files: vec![name.clone()],
+                dims: [usize::from(inst.cols), usize::from(inst.rows), frames],
+            }),
         }
     }
-    let mut series: Vec<SeriesInfo> = series.into_iter().map(|(s, _, _)| s).collect();
     series.sort_by(|a, b| a.number.cmp(&b.number).then_with(|| a.uid.cmp(&b.uid)));
     Ok(SeriesList { series, skipped })
 }

@@ -243,7 +243,7 @@ pub fn read_files(
         });
     }
     let list = dicom::list_series(files)?;
-    let uid = match (list.series.as_slice(), series) {
+    let chosen = match (list.series.as_slice(), series) {
         ([], _) => {
             // No DICOM: a single readable volume among other files (e.g. with a .json sidecar)?
             let readable: Vec<&(String, Vec<u8>)> = files
@@ -258,26 +258,29 @@ pub fn read_files(
                 files.len()
             )));
         }
-        (all, Some(uid)) => all
-            .iter()
-            .find(|s| s.uid == uid)
-            .map(|s| s.uid.clone())
-            .ok_or_else(|| {
-                VolumeError::NotRecognized(format!(
-                    "no DICOM series \"{uid}\" among the files (they hold {})",
-                    all.iter()
-                        .map(|s| format!("\"{}\"", s.uid))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?,
-        ([one], None) => one.uid.clone(),
+        (all, Some(uid)) => all.iter().find(|s| s.uid == uid).ok_or_else(|| {
+            VolumeError::NotRecognized(format!(
+                "no DICOM series \"{uid}\" among the files (they hold {})",
+                all.iter()
+                    .map(|s| format!("\"{}\"", s.uid))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?,
+        ([one], None) => one,
         (_, None) => return Ok(FilesContent::Series(list)),
     };
+    let volume = dicom::read_series(files, &chosen.uid)?;
+    let others = list.series.iter().filter(|s| s.uid != chosen.uid);
+    let mut skipped = list.skipped.clone();
+    for s in others {
+        let why = format!("DICOM series \"{}\" (not the one opened)", s.description);
+        skipped.extend(s.files.iter().map(|n| (n.clone(), why.clone())));
+    }
     Ok(FilesContent::Volume {
-        volume: dicom::read_series(files, &uid)?,
+        volume,
         format: Format::Dicom,
-        skipped: list.skipped,
+        skipped,
     })
 }
 

@@ -1,6 +1,6 @@
-// Browser tests of the volume formats the page opens beyond a single NIfTI file: a drop of
-// DICOM slices from two series (the page asks which one), a broken DICOM after it (the volume
-// stays), and a MetaImage header chosen with its data file, segmented on the CPU path and
+// Browser tests of the volume formats the page opens beyond a single NIfTI file: a DICOM
+// export folder with two series (the page asks which one), a broken DICOM dropped after it (the
+// volume stays), and a MetaImage header chosen with its data file, segmented on the CPU path and
 // downloaded in the input's own format.
 //
 //   node --test tests/browser/
@@ -13,7 +13,7 @@
 //   INSITU_TEST_EXPECTED  the CLI's tissue_fast labels of it (both as for segment.test.mjs)
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inflateSync } from 'node:zlib';
@@ -42,19 +42,25 @@ function data() {
   return process.env.INSITU_TEST_DATA;
 }
 
-test('a drop of two DICOM series asks which one, opens it on the right grid, and a broken DICOM keeps it', { timeout: 10 * 60_000 }, async () => {
+test('a DICOM folder with two series asks which one, opens it on the right grid, and a broken DICOM keeps it', { timeout: 10 * 60_000 }, async () => {
   const root = data();
   const seriesDir = join(root, 'dicom/siemens_prisma_sagittal_gre_series2');
-  const slices = readdirSync(join(seriesDir, 'dicom'))
-    .filter((name) => name.endsWith('.dcm'))
-    .map((name) => ({ name, bytes: readFileSync(join(seriesDir, 'dicom', name)) }));
+  const slices = readdirSync(join(seriesDir, 'dicom')).filter((name) => name.endsWith('.dcm'));
   assert.equal(slices.length, 5, `expected the 5 slices of ${seriesDir}/dicom`);
-  const ct = { name: 'CT_small.dcm', bytes: readFileSync(join(root, 'pydicom_testfiles/CT_small.dcm')) };
-  const notes = { name: 'notes.txt', bytes: Buffer.from('not an image') };
+  // An export folder as scanners write them: one subfolder per series, slice names reused
+  // (the CT slice is called 1.dcm too), and a file that is not an image.
+  const exportDir = mkdtempSync(join(tmpdir(), 'insitu-dicom-'));
+  const folder = join(exportDir, 'export');
+  mkdirSync(join(folder, 'series2'), { recursive: true });
+  mkdirSync(join(folder, 'series1'));
+  for (const name of slices) copyFileSync(join(seriesDir, 'dicom', name), join(folder, 'series2', name));
+  copyFileSync(join(root, 'pydicom_testfiles/CT_small.dcm'), join(folder, 'series1', slices[0]));
+  writeFileSync(join(folder, 'notes.txt'), 'not an image');
   const { page, log } = await openApp();
   const { origin, requests } = sharedSession();
 
-  await dropFiles(page, [...slices, ct, notes]);
+  await page.setInputFiles('[data-testid=folder-input]', folder);
+  rmSync(exportDir, { recursive: true, force: true });
   await page.waitForSelector('[data-testid=series-chooser]:not([hidden])');
   assert.equal(await idle(page), null, `opening the drop failed${log()}`);
   assert.equal(await page.evaluate(() => window.insitu.state.input), null, 'nothing is opened before a series is chosen');
@@ -78,7 +84,13 @@ test('a drop of two DICOM series asks which one, opens it on the right grid, and
   assert.equal(input.name, 'gre_field_mapping_PMUlog (series 2)', 'the volume takes the series name');
   assert.equal(input.info.format, 'DICOM');
   assert.deepEqual(input.info.dims, [42, 64, 5]);
-  assert.equal(input.skipped.length, 1, 'notes.txt is reported as not used');
+  assert.deepEqual(
+    input.skipped.map(([path]) => path).sort(),
+    ['export/notes.txt', `export/series1/${slices[0]}`],
+    'the other series and notes.txt are reported as not used',
+  );
+  const kept = await page.evaluate(() => window.insitu.state.input.files.map(([path]) => path));
+  assert.deepEqual(kept.sort(), slices.map((name) => `export/series2/${name}`).sort(), 'only the series is kept');
   assert.match(await page.textContent('[data-testid=volume-info]'), /DICOM series · 42 × 64 × 5 voxels/);
   assert.ok(await page.isHidden('[data-testid=series-chooser]'));
   assert.ok(await page.isHidden('#viewer-empty'), 'the viewer shows the series');
