@@ -12,6 +12,8 @@ apt_packages=()
 command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
 command -v node >/dev/null 2>&1 || apt_packages+=(nodejs npm)
 command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
+# Mesa's lavapipe: a Vulkan device on the CPU for the native GPU-path test.
+ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || apt_packages+=(mesa-vulkan-drivers)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   log "apt-get install ${apt_packages[*]}"
   as_root apt-get update -q

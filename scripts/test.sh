@@ -7,6 +7,9 @@ scripts/setup.sh
 printf '\n== Rust tests\n' >&2
 cargo test --no-fail-fast
 
+printf '\n== native GPU path (wgpu; Mesa lavapipe where there is no GPU)\n' >&2
+cargo test --features gpu --test gpu
+
 printf '\n== browser tests\n' >&2
 mirror="${INSITU_MIRROR:-../shared}"
 work=$(mktemp -d)

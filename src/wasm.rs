@@ -1,7 +1,7 @@
 //! The browser adapter: a thin wasm-bindgen layer over the core, called from the Web Worker.
 //! Everything here converts between JS values and core types; no logic of its own.
 
-use crate::engine::PreparedNetwork;
+use crate::engine::{start_gpu, Gpu, PreparedNetwork};
 use crate::metrics::{self, EvalOptions, LabelMapping};
 use crate::models::{self, ModelFiles, Registry};
 use crate::pipeline::{self, SegmentOptions, Stage};
@@ -161,46 +161,18 @@ pub fn mapping_presets_json() -> String {
     serde_json::Value::Array(presets).to_string()
 }
 
-/// The GPU device, initialised once per worker (burn's runtime cannot be re-initialised).
-struct Gpu {
-    device: Device,
-    adapter: String,
-    fallback: bool,
-    max_buffer_bytes: usize,
-}
-
 thread_local! {
-    static GPU: RefCell<Option<std::rc::Rc<Gpu>>> = const { RefCell::new(None) };
+    /// The GPU, started once per worker (burn's runtime cannot be re-initialised).
+    static GPU: RefCell<Option<Gpu>> = const { RefCell::new(None) };
 }
 
-async fn gpu() -> Result<std::rc::Rc<Gpu>, String> {
+async fn gpu() -> Result<Gpu, String> {
     if let Some(gpu) = GPU.with(|g| g.borrow().clone()) {
         return Ok(gpu);
     }
-    let (device, setup) = Device::wgpu_options()
-        .graphics_api(burn::tensor::wgpu::WgpuBackend::WebGpu)
-        .init_with_setup_async()
+    let gpu = start_gpu()
         .await
         .map_err(|e| format!("WebGPU is not available: {e}"))?;
-    let info = setup.adapter.get_info();
-    let limits = setup.device.limits();
-    let fallback = info.device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu;
-    let gpu = std::rc::Rc::new(Gpu {
-        device,
-        adapter: format!(
-            "{}{}",
-            if info.name.is_empty() {
-                "WebGPU adapter"
-            } else {
-                info.name.as_str()
-            },
-            if fallback { " (fallback adapter)" } else { "" }
-        ),
-        fallback,
-        max_buffer_bytes: limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size) as usize,
-    });
     GPU.with(|g| *g.borrow_mut() = Some(gpu.clone()));
     Ok(gpu)
 }

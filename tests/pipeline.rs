@@ -3,52 +3,19 @@
 
 mod common;
 
-use insitu::assets::{self, RemoteFile};
 use insitu::engine::{OutputBox, PreparedNetwork};
-use insitu::models::{self, ModelFiles, Registry};
+use insitu::models::{self, Registry};
 use insitu::pipeline::{self, SegmentOptions, Segmentation};
 use insitu::volume::{nifti, LabelMap};
 use std::time::Instant;
 
-fn model_files(model_id: &str) -> ModelFiles {
-    let entry = Registry::builtin()
-        .get(model_id)
-        .expect("model in registry");
-    let mut files = ModelFiles::new();
-    for file in &entry.files {
-        let bytes = assets::fetch(RemoteFile {
-            collection: "models",
-            path: &file.path,
-            url: &file.url,
-            sha256: &file.sha256,
-        })
-        .expect("model file from the mirror");
-        files.insert(file.name.clone(), bytes);
-    }
-    files
-}
-
 fn segment_file(model_id: &str, input: &std::path::Path, options: &SegmentOptions) -> Segmentation {
-    let entry = Registry::builtin()
-        .get(model_id)
-        .expect("model in registry");
-    let network = models::load_network(&model_files(model_id)).expect("model loads");
+    let network = models::load_network(&common::model_files(model_id)).expect("model loads");
     let prepared = PreparedNetwork::new(&network, &burn::tensor::Device::flex());
-    let bytes = std::fs::read(input).expect("input file");
     let name = input.display().to_string();
-    let volume = pipeline::read_volume(&bytes, &name).expect("input reads");
-    let clock = Instant::now();
-    let now = || clock.elapsed().as_secs_f64() * 1000.0;
-    pollster::block_on(pipeline::segment(
-        &volume,
-        &name,
-        entry.input.normalization,
-        &prepared,
-        options,
-        &now,
-        &mut |_| {},
-    ))
-    .expect("segmentation runs")
+    let volume = pipeline::read_volume(&std::fs::read(input).expect("input file"), &name)
+        .expect("input reads");
+    common::segment_volume(model_id, &prepared, &volume, &name, options)
 }
 
 fn read_labels(path: &std::path::Path) -> LabelMap {
@@ -139,7 +106,7 @@ fn tissue_fast_matches_brainchop_cli() {
 #[test]
 fn dkatlas_matches_brainchop_cli_in_boxes() {
     let entry = Registry::builtin().get("DKatlas").unwrap();
-    let network = models::load_network(&model_files("DKatlas")).unwrap();
+    let network = models::load_network(&common::model_files("DKatlas")).unwrap();
     let prepared = PreparedNetwork::new(&network, &burn::tensor::Device::flex());
     let volume =
         nifti::read_nifti(&std::fs::read(common::data("t1_crop.nii.gz")).unwrap()).unwrap();
@@ -260,4 +227,39 @@ fn native_space_output_overlays_the_input() {
     );
     assert!(agree > 0.999, "only {:.2} % agree", 100.0 * agree);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A memory budget below the head box's largest activation splits the run into slabs along
+/// k; the labels must be those of the unsplit run (the halo makes every slab exact).
+#[test]
+fn a_memory_budget_splits_the_head_box_into_slabs_with_the_same_labels() {
+    let volume = common::small_crop();
+    let network = models::load_network(&common::model_files("tissue_fast")).unwrap();
+    let prepared = PreparedNetwork::new(&network, &burn::tensor::Device::flex());
+    let run = |max_tensor_bytes| {
+        let options = SegmentOptions {
+            crop_to_foreground: true,
+            max_tensor_bytes,
+        };
+        common::segment_volume("tissue_fast", &prepared, &volume, "48³ crop", &options)
+    };
+    let whole = run(None);
+    // Three quarters: the 46-slice halos on both sides still leave room for a few slices.
+    let budget = whole.peak_tensor_bytes * 3 / 4;
+    let split = run(Some(budget));
+    assert!(
+        split.peak_tensor_bytes <= budget,
+        "peak {} B over the budget of {budget} B",
+        split.peak_tensor_bytes
+    );
+    assert!(
+        split.flops > whole.flops,
+        "the slabs' halos are computed twice"
+    );
+    assert_eq!(split.native, whole.native);
+    let distinct: std::collections::BTreeSet<u16> = whole.native.labels.iter().copied().collect();
+    assert!(
+        distinct.len() > 1,
+        "the crop must hold tissue: {distinct:?}"
+    );
 }

@@ -353,18 +353,34 @@ fn model_files(entry: &ModelEntry) -> Result<ModelFiles> {
     Ok(files)
 }
 
-fn device(choice: DeviceChoice) -> Result<burn::tensor::Device> {
-    match choice {
-        DeviceChoice::Cpu => Ok(burn::tensor::Device::flex()),
+/// A model ready to run, and where: the device's name for messages and its tensor budget.
+struct Runner {
+    network: PreparedNetwork,
+    device_name: String,
+    max_tensor_bytes: Option<usize>,
+}
+
+fn prepare_model(entry: &ModelEntry, choice: DeviceChoice) -> Result<Runner> {
+    let network = models::load_network(&model_files(entry)?)
+        .with_context(|| format!("model {}", entry.id))?;
+    let (device, device_name, max_tensor_bytes) = match choice {
+        DeviceChoice::Cpu => (burn::tensor::Device::flex(), "cpu".to_string(), None),
         #[cfg(feature = "gpu")]
-        DeviceChoice::Gpu => Ok(burn::tensor::Device::wgpu(
-            burn::tensor::DeviceKind::DefaultDevice,
-        )),
+        DeviceChoice::Gpu => {
+            let gpu = pollster::block_on(insitu::engine::start_gpu()).map_err(|e| anyhow!(e))?;
+            let name = format!("gpu ({})", gpu.adapter);
+            (gpu.device, name, Some(gpu.max_buffer_bytes))
+        }
         #[cfg(not(feature = "gpu"))]
         DeviceChoice::Gpu => bail!(
             "this build has no GPU support; rebuild with `cargo build --release --features gpu`"
         ),
-    }
+    };
+    Ok(Runner {
+        network: PreparedNetwork::new(&network, &device),
+        device_name,
+        max_tensor_bytes,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -384,22 +400,12 @@ fn segment(
         None => registry.default_model(),
     };
     let (volume, format) = read_input_as(input, series)?;
-    let prepared = prepare_model(entry, choice)?;
-    let result = run_model(
-        entry,
-        &prepared,
-        &volume,
-        &input.display().to_string(),
-        crop,
-    )?;
+    let runner = prepare_model(entry, choice)?;
+    let result = run_model(entry, &runner, &volume, &input.display().to_string(), crop)?;
     eprintln!(
         "\r{} on {}: conform {:.0} ms, inference {:.0} ms, native {:.0} ms, total {:.0} ms",
         entry.id,
-        if choice == DeviceChoice::Cpu {
-            "cpu"
-        } else {
-            "gpu"
-        },
+        runner.device_name,
         result.timings.conform,
         result.timings.inference,
         result.timings.native,
@@ -416,23 +422,17 @@ fn segment(
     write_labels(labels, output)
 }
 
-fn prepare_model(entry: &ModelEntry, choice: DeviceChoice) -> Result<PreparedNetwork> {
-    let network = models::load_network(&model_files(entry)?)
-        .with_context(|| format!("model {}", entry.id))?;
-    Ok(PreparedNetwork::new(&network, &device(choice)?))
-}
-
 /// Runs the whole pipeline with a progress line on stderr.
 fn run_model(
     entry: &ModelEntry,
-    prepared: &PreparedNetwork,
+    runner: &Runner,
     volume: &Volume,
     name: &str,
     crop: bool,
 ) -> Result<Segmentation> {
     let options = SegmentOptions {
         crop_to_foreground: crop,
-        max_tensor_bytes: None,
+        max_tensor_bytes: runner.max_tensor_bytes,
     };
     let clock = Instant::now();
     let now = || clock.elapsed().as_secs_f64() * 1000.0;
@@ -448,7 +448,7 @@ fn run_model(
         volume,
         name,
         entry.input.normalization,
-        prepared,
+        &runner.network,
         &options,
         &now,
         &mut progress,
@@ -602,7 +602,7 @@ fn eval_cohort(
     if cases.is_empty() {
         bail!("{}: no images", images.display());
     }
-    let prepared = prepare_model(entry, DeviceChoice::Cpu)?;
+    let runner = prepare_model(entry, DeviceChoice::Cpu)?;
     let mut csv = String::new();
     for (n, image) in cases.iter().enumerate() {
         let case = image
@@ -620,13 +620,7 @@ fn eval_cohort(
             )
         })?;
         let volume = read_input(image)?;
-        let result = run_model(
-            entry,
-            &prepared,
-            &volume,
-            &image.display().to_string(),
-            crop,
-        )?;
+        let result = run_model(entry, &runner, &volume, &image.display().to_string(), crop)?;
         let mut report =
             metrics::evaluate(&result.native, &read_labels(&reference)?, mapping, options)
                 .with_context(|| format!("{} vs {}", image.display(), reference.display()))?;

@@ -1,13 +1,18 @@
 //! The inference engine: runs a [`Network`] with burn on whichever device it is given
-//! (burn's `flex` CPU backend natively and as the browser fallback, WebGPU in the browser).
+//! (burn's `flex` CPU backend natively and as the browser fallback; a GPU through wgpu, see
+//! [`start_gpu`], on WebGPU in the browser and natively with the `gpu` feature).
 //!
 //! Memory is planned per run: when the largest activation of a pass would exceed the
 //! budget (e.g. a GPU's maximum buffer size), the volume is processed in slabs along its
 //! slowest axis, each slab with a halo as wide as the network's receptive radius, so the
 //! interior of every slab is exactly what a whole-volume pass computes.
 
+#[cfg(any(feature = "gpu", target_arch = "wasm32"))]
+mod gpu;
 mod plan;
 
+#[cfg(any(feature = "gpu", target_arch = "wasm32"))]
+pub use gpu::{start_gpu, Gpu};
 pub use plan::{plan_slabs, Slab};
 
 use crate::models::{Activation, AxisOrder, ConvLayer, Network, Normalization};
@@ -164,30 +169,21 @@ impl PreparedNetwork {
                 .saturating_sub(lo)
         });
         let plane = wi * wj;
-        let max_slab_voxels = max_tensor_bytes.map(|b| b / (4 * self.widest_layer));
-        let slabs = match max_slab_voxels {
-            Some(limit) if limit < plane * wk => {
-                if self.has_global_normalization {
-                    return Err(EngineError::OutOfBudget(format!(
-                        "the model normalizes over the whole volume and needs {} MiB per activation; the device allows {} MiB",
-                        self.peak_activation_bytes(plane * wk) >> 20,
-                        max_tensor_bytes.unwrap_or(0) >> 20
-                    )));
-                }
-                plan_slabs(out.size[2], plane, r, limit).ok_or_else(|| {
-                    EngineError::OutOfBudget(format!(
-                        "even a single slice with its {r}-voxel halo exceeds {} MiB",
-                        max_tensor_bytes.unwrap_or(0) >> 20
-                    ))
-                })?
-            }
-            _ => vec![Slab {
-                input_start: 0,
-                input_end: out.size[2],
-                output_start: 0,
-                output_end: out.size[2],
-            }],
-        };
+        let limit = max_tensor_bytes.map_or(usize::MAX, |b| b / (4 * self.widest_layer));
+        if limit < plane * wk && self.has_global_normalization {
+            return Err(EngineError::OutOfBudget(format!(
+                "the model normalizes over the whole volume and needs {} MiB per activation; the device allows {} MiB",
+                self.peak_activation_bytes(plane * wk) >> 20,
+                max_tensor_bytes.unwrap_or(0) >> 20
+            )));
+        }
+        let slices = out.start[2]..out.start[2] + out.size[2];
+        let slabs = plan_slabs(slices, dims[2], plane, r, limit).ok_or_else(|| {
+            EngineError::OutOfBudget(format!(
+                "even a single slice with its {r}-voxel halo exceeds {} MiB",
+                max_tensor_bytes.unwrap_or(0) >> 20
+            ))
+        })?;
 
         let total = slabs.len() * self.layers.len();
         let mut labels = Vec::with_capacity(out.size.iter().product());
@@ -195,7 +191,7 @@ impl PreparedNetwork {
         for (n, slab) in slabs.iter().enumerate() {
             let offset = n * self.layers.len();
             let part = OutputBox {
-                start: [out.start[0], out.start[1], out.start[2] + slab.output_start],
+                start: [out.start[0], out.start[1], slab.output_start],
                 size: [
                     out.size[0],
                     out.size[1],
