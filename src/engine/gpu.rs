@@ -30,10 +30,11 @@ pub async fn start_gpu() -> Result<Gpu, String> {
     let info = setup.adapter.get_info();
     let limits = setup.device.limits();
     let fallback = info.device_type == DeviceType::Cpu;
-    let name = if info.name.is_empty() {
-        "wgpu adapter"
-    } else {
-        info.name.as_str()
+    // Browsers hide the adapter's name.
+    let name = match info.name.as_str() {
+        "" if cfg!(target_arch = "wasm32") => "WebGPU adapter",
+        "" => "wgpu adapter",
+        name => name,
     };
     Ok(Gpu {
         device,
