@@ -59,10 +59,12 @@ test('a DICOM folder with two series asks which one, opens it on the right grid,
   const { page, log } = await openApp();
   const { origin, requests } = sharedSession();
 
+  // The page reads the files after the input's change event: keep them until it is done.
   await page.setInputFiles('[data-testid=folder-input]', folder);
+  await page.waitForFunction(() => window.insitu.state.pendingSeries || window.insitu.state.error);
+  assert.equal(await idle(page), null, `opening the folder failed${log()}`);
   rmSync(exportDir, { recursive: true, force: true });
-  await page.waitForSelector('[data-testid=series-chooser]:not([hidden])');
-  assert.equal(await idle(page), null, `opening the drop failed${log()}`);
+  assert.ok(await page.isVisible('[data-testid=series-chooser]'), 'the series chooser is shown');
   assert.equal(await page.evaluate(() => window.insitu.state.input), null, 'nothing is opened before a series is chosen');
   const options = await page.$$eval('[data-testid=series-select] option', (list) =>
     list.map((o) => ({ value: o.value, text: o.textContent })),
