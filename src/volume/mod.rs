@@ -272,7 +272,7 @@ pub fn read_files(
     };
     let volume = dicom::read_series(files, &chosen.uid)?;
     let others = list.series.iter().filter(|s| s.uid != chosen.uid);
-    let mut skipped = list.skipped.clone();
+    let mut skipped = list.skipped;
     for s in others {
         let why = format!("DICOM series \"{}\" (not the one opened)", s.description);
         skipped.extend(s.files.iter().map(|n| (n.clone(), why.clone())));
