@@ -3,12 +3,14 @@
 //! - [`volume`]: volume geometry and file I/O (NIfTI, ...).
 //! - [`preprocess`]: brainchop-compatible conform, intensity normalization, label post-processing.
 //! - [`models`]: the model registry and the loaders for the model file formats.
+//! - [`litemedsam`]: the LiteMedSAM family (promptable, box prompts): its exact pre-processing.
 //! - [`engine`]: runs a loaded network with burn on the CPU or a GPU.
 //! - [`pipeline`]: file in, segmentation out, with named progress stages.
 //! - [`metrics`]: segmentation quality against reference labels.
 //! - [`assets`]: finds model and sample files in the local mirror (native only).
 
 pub mod engine;
+pub mod litemedsam;
 pub mod metrics;
 pub mod models;
 pub mod pipeline;
