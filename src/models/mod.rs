@@ -4,7 +4,7 @@
 //! [`crate::engine`] turns it into burn tensors on whatever device runs it.
 
 mod meshnet_json;
-mod pth;
+pub(crate) mod pth;
 pub mod registry;
 mod tfjs;
 

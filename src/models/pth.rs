@@ -356,13 +356,18 @@ fn read_torch_zip(bytes: &[u8], file: &str) -> Result<Vec<NamedTensor>, ModelErr
                 ))
             }
         };
-        if t.dtype != "FloatStorage" {
-            let dtype = t.dtype.trim_end_matches("Storage");
-            return Err(bad(
-                file,
-                format!("tensor '{name}' has dtype {dtype}; only float32 is supported"),
-            ));
-        }
+        let element = match t.dtype.as_str() {
+            "FloatStorage" => Element::F32,
+            // counters and indices (BatchNorm's num_batches_tracked), converted exactly below
+            "LongStorage" => Element::I64,
+            other => {
+                let dtype = other.trim_end_matches("Storage");
+                return Err(bad(
+                    file,
+                    format!("tensor '{name}' has dtype {dtype}; only float32 (and int64 indices) are supported"),
+                ));
+            }
+        };
         let storage = storages.get(t.key.as_str()).ok_or_else(|| {
             bad(
                 file,
@@ -372,7 +377,8 @@ fn read_torch_zip(bytes: &[u8], file: &str) -> Result<Vec<NamedTensor>, ModelErr
                 ),
             )
         })?;
-        let data = gather(storage, &t).map_err(|m| bad(file, format!("tensor '{name}': {m}")))?;
+        let data =
+            gather(storage, &t, element).map_err(|m| bad(file, format!("tensor '{name}': {m}")))?;
         tensors.push(NamedTensor {
             name,
             shape: t.size,
@@ -382,15 +388,27 @@ fn read_torch_zip(bytes: &[u8], file: &str) -> Result<Vec<NamedTensor>, ModelErr
     Ok(tensors)
 }
 
-/// Materializes a strided view of a float32 storage as a contiguous row-major array.
-fn gather(storage: &[u8], t: &TensorRef) -> Result<Vec<f32>, String> {
+/// A storage's element type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Element {
+    F32,
+    /// int64, returned as f32 when every value is exact in f32 (|v| <= 2^24), an error otherwise.
+    I64,
+}
+
+/// Materializes a strided view of a float32 (or int64) storage as a contiguous row-major array.
+fn gather(storage: &[u8], t: &TensorRef, element: Element) -> Result<Vec<f32>, String> {
+    let size = match element {
+        Element::F32 => 4,
+        Element::I64 => 8,
+    };
     if t.size.len() != t.stride.len() {
         return Err(format!(
             "size {:?} and stride {:?} differ in rank",
             t.size, t.stride
         ));
     }
-    let available = storage.len() / 4;
+    let available = storage.len() / size;
     let numel: usize = t.size.iter().product();
     if numel == 0 {
         return Ok(Vec::new());
@@ -407,9 +425,18 @@ fn gather(storage: &[u8], t: &TensorRef) -> Result<Vec<f32>, String> {
             t.offset, t.size, t.stride
         ));
     }
-    let read = |i: usize| {
-        let b = &storage[i * 4..i * 4 + 4];
-        f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    let read = |i: usize| -> Result<f32, String> {
+        let b = &storage[i * size..i * size + size];
+        match element {
+            Element::F32 => Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            Element::I64 => {
+                let v = i64::from_le_bytes(b.try_into().unwrap());
+                if v.unsigned_abs() > 1 << 24 {
+                    return Err(format!("int64 value {v} is not exact as float32"));
+                }
+                Ok(v as f32)
+            }
+        }
     };
     let mut out = Vec::with_capacity(numel);
     let mut index = vec![0usize; t.size.len()];
@@ -420,7 +447,7 @@ fn gather(storage: &[u8], t: &TensorRef) -> Result<Vec<f32>, String> {
                 .zip(&t.stride)
                 .map(|(i, s)| i * s)
                 .sum::<usize>();
-        out.push(read(at));
+        out.push(read(at)?);
         for d in (0..index.len()).rev() {
             index[d] += 1;
             if index[d] < t.size[d] {
@@ -935,7 +962,7 @@ mod tests {
             stride: vec![1, 3],
         };
         assert_eq!(
-            gather(&storage, &t).unwrap(),
+            gather(&storage, &t, Element::F32).unwrap(),
             vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
         );
         let t = TensorRef {
@@ -944,8 +971,31 @@ mod tests {
             stride: vec![1],
             ..t
         };
-        assert_eq!(gather(&storage, &t).unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(
+            gather(&storage, &t, Element::F32).unwrap(),
+            vec![1.0, 2.0, 3.0, 4.0, 5.0]
+        );
         let t = TensorRef { offset: 2, ..t };
-        assert!(gather(&storage, &t).is_err());
+        assert!(gather(&storage, &t, Element::F32).is_err());
+    }
+
+    #[test]
+    fn int64_gather_is_exact_or_refused() {
+        let values: [i64; 3] = [0, -7, 1 << 24];
+        let storage: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let t = TensorRef {
+            dtype: "LongStorage".into(),
+            key: "0".into(),
+            offset: 0,
+            size: vec![3],
+            stride: vec![1],
+        };
+        assert_eq!(
+            gather(&storage, &t, Element::I64).unwrap(),
+            vec![0.0, -7.0, 16777216.0]
+        );
+        let big: Vec<u8> = ((1i64 << 24) + 1).to_le_bytes().to_vec();
+        let t = TensorRef { size: vec![1], ..t };
+        assert!(gather(&big, &t, Element::I64).is_err());
     }
 }
