@@ -6,11 +6,36 @@
 //!   uint8, OpenCV's INTER_AREA resize, min-max, padding, the box transforms).
 //! - [`decoder`]: the prompt encoder and mask decoder in burn, built from `lite_medsam.pth`,
 //!   on any device: box + image embedding → 256x256 low-res logits and IoU prediction.
+//! - [`encoder`]: the TinyViT image encoder in burn: encoder input → 1x256x64x64 embedding.
+//! - [`postprocess`]: low-res logits → the slice's mask, as the reference computes it.
 //!
 //! Axes follow the reference, which reads NIfTI arrays without reorientation: a 2-D image is
 //! the volume's k-th plane with rows along j and columns along i, so a box
 //! `[x_min, y_min, x_max, y_max]` is `[i0, j0, i1, j1]` in voxel indices.
 
 pub mod decoder;
+pub mod encoder;
+pub mod postprocess;
 pub mod preprocess;
 mod weights;
+
+use burn::tensor::Device;
+
+use crate::models::ModelError;
+
+/// The whole model on one device, from one read of `lite_medsam.pth`.
+pub struct LiteMedSam {
+    pub encoder: encoder::Encoder,
+    pub decoder: decoder::Decoder,
+}
+
+impl LiteMedSam {
+    /// Builds encoder and decoder from `lite_medsam.pth` (a PyTorch zip state dict).
+    pub fn from_pth(bytes: &[u8], device: &Device) -> Result<LiteMedSam, ModelError> {
+        let w = weights::Weights::read(bytes, "lite_medsam.pth")?;
+        Ok(LiteMedSam {
+            encoder: encoder::Encoder::new(&w, device)?,
+            decoder: decoder::Decoder::new(&w, device)?,
+        })
+    }
+}
