@@ -63,8 +63,10 @@ pub struct Segmentation {
     pub timings: Timings,
     /// Floating-point operations of the network's convolutions.
     pub flops: u64,
-    /// The largest activation tensor the run held.
+    /// Activation memory the run held at once (see `PreparedNetwork::pass_bytes`).
     pub peak_tensor_bytes: usize,
+    /// The part of the conformed grid the network labelled (outside it: background).
+    pub region: OutputBox,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -180,6 +182,7 @@ pub async fn segment(
         },
         flops: stats.flops,
         peak_tensor_bytes: stats.peak_tensor_bytes,
+        region,
     })
 }
 

@@ -6,13 +6,13 @@ use crate::metrics::{self, EvalOptions, LabelMapping};
 use crate::models::{self, ModelFiles, Registry};
 use crate::pipeline::{self, SegmentOptions, Stage};
 use crate::volume::{self, nifti, FilesContent, LabelMap};
-use burn::tensor::Device;
 use js_sys::{Function, Map, Object, Reflect, Uint8Array};
 use std::cell::RefCell;
 use wasm_bindgen::prelude::*;
 
-/// Largest single tensor the CPU path allocates in wasm's 4 GiB address space.
-const CPU_TENSOR_BUDGET: usize = 512 << 20;
+/// Activation memory the CPU path may hold in wasm's 4 GiB address space (its two
+/// activations; the whole 256³ grid of a 5-channel model takes 0.75 GiB).
+const CPU_MEMORY_BUDGET: usize = 1 << 30;
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -236,37 +236,29 @@ pub async fn segment(
     let network =
         models::load_network(&model_files).map_err(|e| error(&format!("model {model_id}: {e}")))?;
 
-    let (device, backend_name, adapter, budget) = match backend.as_str() {
-        "cpu" => (
-            Device::flex(),
+    let cpu = |adapter: String| {
+        (
+            PreparedNetwork::cpu(&network),
             "cpu",
-            "wasm simd128".to_string(),
-            CPU_TENSOR_BUDGET,
-        ),
+            adapter,
+            CPU_MEMORY_BUDGET,
+        )
+    };
+    let (prepared, backend_name, adapter, budget) = match backend.as_str() {
+        "cpu" => cpu("wasm simd128".to_string()),
         wanted => match gpu().await {
             // A software (fallback) adapter is slower than our CPU path; auto skips it.
             Ok(gpu) if wanted == "webgpu" || !gpu.fallback => (
-                gpu.device.clone(),
+                PreparedNetwork::gpu(&network, &gpu.device),
                 "webgpu",
                 gpu.adapter.clone(),
                 gpu.max_buffer_bytes,
             ),
-            Ok(gpu) => (
-                Device::flex(),
-                "cpu",
-                format!("wasm simd128 (skipped {})", gpu.adapter),
-                CPU_TENSOR_BUDGET,
-            ),
+            Ok(gpu) => cpu(format!("wasm simd128 (skipped {})", gpu.adapter)),
             Err(e) if wanted == "webgpu" => return Err(JsError::new(&e)),
-            Err(e) => (
-                Device::flex(),
-                "cpu",
-                format!("wasm simd128 ({e})"),
-                CPU_TENSOR_BUDGET,
-            ),
+            Err(e) => cpu(format!("wasm simd128 ({e})")),
         },
     };
-    let prepared = PreparedNetwork::new(&network, &device);
     let seg_options = SegmentOptions {
         crop_to_foreground: crop,
         max_tensor_bytes: Some(budget),

@@ -24,22 +24,23 @@ fn gpu_labels_equal_cpu_labels_also_when_split_into_slabs() {
         gpu.max_buffer_bytes >> 20
     );
     let network = models::load_network(&common::model_files("tissue_fast")).unwrap();
-    let run = |device: &burn::tensor::Device, max_tensor_bytes| {
+    let run = |prepared: PreparedNetwork, max_tensor_bytes| {
         let options = SegmentOptions {
             crop_to_foreground: true,
             max_tensor_bytes,
         };
-        let prepared = PreparedNetwork::new(&network, device);
         let clock = Instant::now();
         let result =
             common::segment_volume("tissue_fast", &prepared, &volume, "48³ crop", &options);
         (result, clock.elapsed().as_secs_f64())
     };
 
-    let (cpu, cpu_s) = run(&burn::tensor::Device::flex(), None);
-    // Below the unsplit run's largest activation: the GPU run must go in slabs.
-    let budget = (cpu.peak_tensor_bytes * 3 / 4).min(gpu.max_buffer_bytes);
-    let (on_gpu, gpu_s) = run(&gpu.device, Some(budget));
+    let (cpu, cpu_s) = run(PreparedNetwork::cpu(&network), None);
+    let on_device = PreparedNetwork::gpu(&network, &gpu.device);
+    // Below what one pass needs: the GPU run must go in slabs.
+    let unsplit = on_device.unsplit_bytes(cpu.region, cpu.conformed.geometry.dims);
+    let budget = (unsplit * 3 / 4).min(gpu.max_buffer_bytes);
+    let (on_gpu, gpu_s) = run(on_device, Some(budget));
     eprintln!(
         "cpu {cpu_s:.1} s (peak {} MiB), gpu {gpu_s:.1} s in slabs (peak {} MiB)",
         cpu.peak_tensor_bytes >> 20,

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 fn segment_file(model_id: &str, input: &std::path::Path, options: &SegmentOptions) -> Segmentation {
     let network = models::load_network(&common::model_files(model_id)).expect("model loads");
-    let prepared = PreparedNetwork::new(&network, &burn::tensor::Device::flex());
+    let prepared = PreparedNetwork::cpu(&network);
     let name = input.display().to_string();
     let volume = pipeline::read_volume(&std::fs::read(input).expect("input file"), &name)
         .expect("input reads");
@@ -107,7 +107,7 @@ fn tissue_fast_matches_brainchop_cli() {
 fn dkatlas_matches_brainchop_cli_in_boxes() {
     let entry = Registry::builtin().get("DKatlas").unwrap();
     let network = models::load_network(&common::model_files("DKatlas")).unwrap();
-    let prepared = PreparedNetwork::new(&network, &burn::tensor::Device::flex());
+    let prepared = PreparedNetwork::cpu(&network);
     let volume =
         nifti::read_nifti(&std::fs::read(common::data("t1_crop.nii.gz")).unwrap()).unwrap();
     let conformed = insitu::preprocess::conform(&volume).unwrap();
@@ -235,7 +235,7 @@ fn native_space_output_overlays_the_input() {
 fn a_memory_budget_splits_the_head_box_into_slabs_with_the_same_labels() {
     let volume = common::small_crop();
     let network = models::load_network(&common::model_files("tissue_fast")).unwrap();
-    let prepared = PreparedNetwork::new(&network, &burn::tensor::Device::flex());
+    let prepared = PreparedNetwork::cpu(&network);
     let run = |max_tensor_bytes| {
         let options = SegmentOptions {
             crop_to_foreground: true,

@@ -21,6 +21,10 @@ use std::time::Instant;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Memory the CPU path may hold for activations, in MiB; larger volumes run in slabs
+    /// (default: half the machine's RAM).
+    #[arg(long, global = true, value_name = "MiB")]
+    max_memory: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -108,6 +112,22 @@ enum Command {
         #[arg(long)]
         crop: bool,
     },
+    /// Time every layer of a model on a synthetic cube and print its GFLOP/s (the kernels
+    /// alone, no conform or post-processing).
+    BenchKernels {
+        /// Model id (see `insitu models`).
+        #[arg(long, short)]
+        model: Option<String>,
+        /// Edge of the cubic test volume, in voxels.
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        /// Runs; the table shows each layer's median.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Compute device.
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+        device: DeviceChoice,
+    },
     /// Copy (or download) the registry's model and sample files into a directory, verified by sha256.
     Fetch {
         /// Destination; files land in <dest>/models/... and <dest>/data/...
@@ -127,7 +147,7 @@ enum Space {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum DeviceChoice {
-    /// burn's flex CPU backend.
+    /// insitu's own CPU kernels (AVX2 where the CPU has it), on every core.
     Cpu,
     /// wgpu (Vulkan/Metal/DX12); needs a build with `--features gpu`.
     Gpu,
@@ -157,6 +177,9 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let budget = cli
+        .max_memory
+        .map_or_else(default_memory_budget, |mib| mib << 20);
     match cli.command {
         Command::Models => list_models(),
         Command::Segment {
@@ -177,6 +200,7 @@ fn run(cli: Cli) -> Result<()> {
             device,
             like_input,
             series.as_deref(),
+            budget,
         ),
         Command::Info {
             input,
@@ -189,6 +213,12 @@ fn run(cli: Cli) -> Result<()> {
             crop,
         } => convert(&input, &output, crop),
         Command::Fetch { dest, models } => fetch(&dest, &models),
+        Command::BenchKernels {
+            model,
+            size,
+            repeat,
+            device,
+        } => bench_kernels(model, size, repeat.max(1), device, budget),
         Command::Eval {
             pred,
             reference,
@@ -215,6 +245,7 @@ fn run(cli: Cli) -> Result<()> {
                     mapping.as_ref(),
                     &options,
                     crop,
+                    budget,
                 ),
                 _ => eval_pair(
                     pred.as_deref()
@@ -229,6 +260,87 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
     }
+}
+
+fn bench_kernels(
+    model: Option<String>,
+    size: usize,
+    repeat: usize,
+    choice: DeviceChoice,
+    budget: usize,
+) -> Result<()> {
+    let registry = Registry::builtin();
+    let entry = match &model {
+        Some(id) => registry.get(id)?,
+        None => registry.default_model(),
+    };
+    let network = models::load_network(&model_files(entry)?)
+        .with_context(|| format!("model {}", entry.id))?;
+    let runner = prepare_model(entry, choice, budget)?;
+    let dims = [size; 3];
+    // Reproducible noise in [0, 1): every voxel busy, as in a head.
+    let mut state = 0x2545_f491_u32;
+    let input: Vec<f32> = (0..size.pow(3))
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 24) as f32
+        })
+        .collect();
+    let mut times = vec![Vec::new(); network.layers.len()];
+    for _ in 0..repeat {
+        let mut last = Instant::now();
+        let mut finished = Vec::new();
+        pollster::block_on(runner.network.segment(
+            &input,
+            dims,
+            insitu::engine::OutputBox::whole(dims),
+            runner.max_tensor_bytes,
+            &mut |_| {
+                finished.push(last.elapsed().as_secs_f64());
+                last = Instant::now();
+            },
+        ))
+        .map_err(|e| anyhow!(e))?;
+        // With slabs, layer n is every `layers`-th report: sum them for one run's time.
+        let mut run = vec![0.0; network.layers.len()];
+        for (n, t) in finished.iter().enumerate() {
+            run[n % network.layers.len()] += t;
+        }
+        for (layer, t) in times.iter_mut().zip(run) {
+            layer.push(t);
+        }
+    }
+    out!(
+        "{} on {}, {size}^3 voxels, median of {repeat} run(s)",
+        entry.id,
+        runner.device_name
+    );
+    out!("layer  in -> out  kernel  dilation      ms   GFLOP/s");
+    let (mut total_s, mut total_flops) = (0.0, 0.0);
+    for (n, (layer, t)) in network.layers.iter().zip(&mut times).enumerate() {
+        t.sort_by(f64::total_cmp);
+        let seconds = t[t.len() / 2];
+        let flops = 2.0
+            * size.pow(3) as f64
+            * (layer.in_channels * layer.out_channels * layer.kernel_size.pow(3)) as f64;
+        total_s += seconds;
+        total_flops += flops;
+        out!(
+            "{n:>5}  {:>3} -> {:<3}  {k}x{k}x{k}   {:>8}  {:>6.0}  {:>8.2}",
+            layer.in_channels,
+            layer.out_channels,
+            layer.dilation,
+            seconds * 1e3,
+            flops / seconds / 1e9,
+            k = layer.kernel_size,
+        );
+    }
+    out!(
+        "total                            {:>6.0}  {:>8.2}",
+        total_s * 1e3,
+        total_flops / total_s / 1e9
+    );
+    Ok(())
 }
 
 fn list_models() -> Result<()> {
@@ -360,26 +472,39 @@ struct Runner {
     max_tensor_bytes: Option<usize>,
 }
 
-fn prepare_model(entry: &ModelEntry, choice: DeviceChoice) -> Result<Runner> {
+/// Half the machine's RAM (from /proc/meminfo), or 4 GiB where that cannot be read.
+fn default_memory_budget() -> usize {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<usize>().ok()
+        });
+    total_kib.map_or(4 << 30, |kib| kib * 1024 / 2)
+}
+
+fn prepare_model(entry: &ModelEntry, choice: DeviceChoice, budget: usize) -> Result<Runner> {
     let network = models::load_network(&model_files(entry)?)
         .with_context(|| format!("model {}", entry.id))?;
-    let (device, device_name, max_tensor_bytes) = match choice {
-        DeviceChoice::Cpu => (burn::tensor::Device::flex(), "cpu".to_string(), None),
+    Ok(match choice {
+        DeviceChoice::Cpu => Runner {
+            network: PreparedNetwork::cpu(&network),
+            device_name: "cpu".to_string(),
+            max_tensor_bytes: Some(budget),
+        },
         #[cfg(feature = "gpu")]
         DeviceChoice::Gpu => {
             let gpu = pollster::block_on(insitu::engine::start_gpu()).map_err(|e| anyhow!(e))?;
-            let name = format!("gpu ({})", gpu.adapter);
-            (gpu.device, name, Some(gpu.max_buffer_bytes))
+            Runner {
+                network: PreparedNetwork::gpu(&network, &gpu.device),
+                device_name: format!("gpu ({})", gpu.adapter),
+                max_tensor_bytes: Some(gpu.max_buffer_bytes),
+            }
         }
         #[cfg(not(feature = "gpu"))]
         DeviceChoice::Gpu => bail!(
             "this build has no GPU support; rebuild with `cargo build --release --features gpu`"
         ),
-    };
-    Ok(Runner {
-        network: PreparedNetwork::new(&network, &device),
-        device_name,
-        max_tensor_bytes,
     })
 }
 
@@ -393,6 +518,7 @@ fn segment(
     choice: DeviceChoice,
     like_input: bool,
     series: Option<&str>,
+    budget: usize,
 ) -> Result<()> {
     let registry = Registry::builtin();
     let entry = match &model {
@@ -400,7 +526,7 @@ fn segment(
         None => registry.default_model(),
     };
     let (volume, format) = read_input_as(input, series)?;
-    let runner = prepare_model(entry, choice)?;
+    let runner = prepare_model(entry, choice, budget)?;
     let result = run_model(entry, &runner, &volume, &input.display().to_string(), crop)?;
     eprintln!(
         "\r{} on {}: conform {:.0} ms, inference {:.0} ms, native {:.0} ms, total {:.0} ms",
@@ -589,6 +715,7 @@ fn eval_cohort(
     mapping: Option<&LabelMapping>,
     options: &EvalOptions,
     crop: bool,
+    budget: usize,
 ) -> Result<()> {
     let registry = Registry::builtin();
     let entry = registry.get(model)?;
@@ -602,7 +729,7 @@ fn eval_cohort(
     if cases.is_empty() {
         bail!("{}: no images", images.display());
     }
-    let runner = prepare_model(entry, DeviceChoice::Cpu)?;
+    let runner = prepare_model(entry, DeviceChoice::Cpu, budget)?;
     let mut csv = String::new();
     for (n, image) in cases.iter().enumerate() {
         let case = image

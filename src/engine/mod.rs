@@ -1,24 +1,24 @@
-//! The inference engine: runs a [`Network`] with burn on whichever device it is given
-//! (burn's `flex` CPU backend natively and as the browser fallback; a GPU through wgpu, see
-//! [`start_gpu`], on WebGPU in the browser and natively with the `gpu` feature).
+//! The inference engine: runs a [`Network`] on the CPU with our own kernels ([`cpu`]:
+//! natively on every core, in the browser as wasm simd128) or on a GPU with burn's wgpu
+//! runtime (see [`start_gpu`]: WebGPU in the browser, natively with the `gpu` feature).
 //!
 //! Memory is planned per run: when the largest activation of a pass would exceed the
 //! budget (e.g. a GPU's maximum buffer size), the volume is processed in slabs along its
 //! slowest axis, each slab with a halo as wide as the network's receptive radius, so the
 //! interior of every slab is exactly what a whole-volume pass computes.
 
+mod cpu;
 #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
 mod gpu;
+#[cfg(any(feature = "gpu", target_arch = "wasm32"))]
+mod gpu_network;
 mod plan;
 
 #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
 pub use gpu::{start_gpu, Gpu};
 pub use plan::{plan_slabs, Slab};
 
-use crate::models::{Activation, AxisOrder, ConvLayer, Network, Normalization};
-use burn::tensor::module::conv3d;
-use burn::tensor::ops::ConvOptions;
-use burn::tensor::{activation, Device, Int, Tensor, TensorData};
+use crate::models::{Network, Normalization};
 use std::fmt;
 
 /// Why a run failed.
@@ -73,7 +73,7 @@ pub struct LayerProgress {
 pub struct RunStats {
     /// Floating-point operations of the convolutions, halos included.
     pub flops: u64,
-    /// Bytes of the largest activation tensor held at once.
+    /// Activation memory held at once, as [`PreparedNetwork::pass_bytes`] counts it.
     pub peak_tensor_bytes: usize,
 }
 
@@ -84,74 +84,81 @@ impl RunStats {
     }
 }
 
-/// A network whose weights live on a device, ready to run.
+/// A network prepared for one device, ready to run.
 pub struct PreparedNetwork {
-    device: Device,
-    layers: Vec<PreparedLayer>,
+    executor: Executor,
+    layer_count: usize,
     receptive_radius: usize,
     has_global_normalization: bool,
-    widest_layer: usize,
 }
 
-struct PreparedLayer {
-    /// How far (voxels) this layer reaches along each axis.
-    halo: usize,
-    macs_per_voxel: usize,
-    widest: usize,
-    weight: Tensor<5>,
-    bias: Option<Tensor<1>>,
-    options: ConvOptions<3>,
-    normalization: Option<InstanceNorm>,
-    activation: Activation,
-}
-
-struct InstanceNorm {
-    eps: f32,
-    weight: Option<Tensor<1>>,
-    bias: Option<Tensor<1>>,
+enum Executor {
+    Cpu(cpu::CpuNetwork),
+    #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
+    Gpu(gpu_network::GpuNetwork),
 }
 
 impl PreparedNetwork {
-    /// Uploads the weights. Volumes are fed as `[1, 1, k, j, i]` tensors (the NIfTI memory
-    /// order), so kernels of models trained on `(i, j, k)` axes are transposed here once.
-    pub fn new(network: &Network, device: &Device) -> PreparedNetwork {
-        let layers = network
-            .layers
-            .iter()
-            .map(|layer| prepare_layer(layer, network.axis_order, device))
-            .collect();
+    /// On the CPU: our own kernels ([`cpu`]), natively and in wasm.
+    pub fn cpu(network: &Network) -> PreparedNetwork {
+        PreparedNetwork::with(network, Executor::Cpu(cpu::CpuNetwork::new(network)))
+    }
+
+    /// On a GPU started by [`start_gpu`]; the weights are uploaded now.
+    #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
+    pub fn gpu(network: &Network, device: &burn::tensor::Device) -> PreparedNetwork {
+        let executor = Executor::Gpu(gpu_network::GpuNetwork::new(network, device));
+        PreparedNetwork::with(network, executor)
+    }
+
+    fn with(network: &Network, executor: Executor) -> PreparedNetwork {
         PreparedNetwork {
-            device: device.clone(),
-            layers,
+            executor,
+            layer_count: network.layers.len(),
             receptive_radius: network.receptive_radius(),
             has_global_normalization: network
                 .layers
                 .iter()
                 .any(|l| !matches!(l.normalization, Normalization::None)),
-            widest_layer: network
-                .layers
-                .iter()
-                .map(|l| l.out_channels.max(l.in_channels))
-                .max()
-                .unwrap_or(1),
         }
     }
 
     pub fn layer_count(&self) -> usize {
-        self.layers.len()
+        self.layer_count
     }
 
-    /// Bytes of the largest activation for a pass over `voxels` voxels (f32).
-    pub fn peak_activation_bytes(&self, voxels: usize) -> usize {
-        voxels.saturating_mul(self.widest_layer).saturating_mul(4)
+    /// The memory a pass over an input box of `box_dims` voxels holds at once, as the
+    /// budget `max_tensor_bytes` counts it: on the CPU both activations it holds, on a GPU
+    /// its largest single tensor (what the device's buffer limit bounds).
+    pub fn pass_bytes(&self, box_dims: [usize; 3]) -> usize {
+        match &self.executor {
+            Executor::Cpu(network) => network.pass_bytes(box_dims),
+            #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
+            Executor::Gpu(network) => network.pass_bytes(box_dims),
+        }
+    }
+
+    /// The input a pass over `out` reads: `out` grown by the receptive radius, clipped to the
+    /// volume.
+    fn input_box(&self, out: OutputBox, dims: [usize; 3]) -> [usize; 3] {
+        let r = self.receptive_radius;
+        [0, 1, 2].map(|a| {
+            let lo = out.start[a].saturating_sub(r);
+            (out.start[a] + out.size[a] + r).min(dims[a]) - lo
+        })
+    }
+
+    /// [`pass_bytes`](Self::pass_bytes) of labelling `out` of a `dims` volume in one pass.
+    pub fn unsplit_bytes(&self, out: OutputBox, dims: [usize; 3]) -> usize {
+        self.pass_bytes(self.input_box(out, dims))
     }
 
     /// Runs the network on a `dims = [ni, nj, nk]` volume (i fastest) and returns the argmax
     /// label of every voxel of `out` (the whole volume, or a part of it), i fastest.
     ///
-    /// `max_tensor_bytes` bounds the largest single activation (None: no limit); the box is then
-    /// split into slabs along k. Networks with whole-volume normalization cannot be split and
-    /// fail with `OutOfBudget` instead.
+    /// `max_tensor_bytes` bounds [`pass_bytes`](Self::pass_bytes) (None: no limit); the box is
+    /// then split into slabs along k. Networks with whole-volume normalization cannot be split
+    /// and fail with `OutOfBudget` instead.
     pub async fn segment(
         &self,
         input: &[f32],
@@ -161,35 +168,30 @@ impl PreparedNetwork {
         progress: &mut dyn FnMut(LayerProgress),
     ) -> Result<(Vec<u16>, RunStats), EngineError> {
         let r = self.receptive_radius;
-        // The input a pass over `out` reads: `out` grown by the halo, clipped to the volume.
-        let [wi, wj, wk] = [0, 1, 2].map(|a| {
-            let lo = out.start[a].saturating_sub(r);
-            (out.start[a] + out.size[a] + r)
-                .min(dims[a])
-                .saturating_sub(lo)
-        });
-        let plane = wi * wj;
-        let limit = max_tensor_bytes.map_or(usize::MAX, |b| b / (4 * self.widest_layer));
-        if limit < plane * wk && self.has_global_normalization {
+        let [wi, wj, _] = self.input_box(out, dims);
+        let budget = max_tensor_bytes.unwrap_or(usize::MAX);
+        let needed = self.unsplit_bytes(out, dims);
+        if needed > budget && self.has_global_normalization {
             return Err(EngineError::OutOfBudget(format!(
-                "the model normalizes over the whole volume and needs {} MiB per activation; the device allows {} MiB",
-                self.peak_activation_bytes(plane * wk) >> 20,
-                max_tensor_bytes.unwrap_or(0) >> 20
+                "the model normalizes over the whole volume and needs {} MiB at once; the budget is {} MiB",
+                needed >> 20,
+                budget >> 20
             )));
         }
+        let slice_bytes = self.pass_bytes([wi, wj, 1]).max(1);
         let slices = out.start[2]..out.start[2] + out.size[2];
-        let slabs = plan_slabs(slices, dims[2], plane, r, limit).ok_or_else(|| {
+        let slabs = plan_slabs(slices, dims[2], 1, r, budget / slice_bytes).ok_or_else(|| {
             EngineError::OutOfBudget(format!(
-                "even a single slice with its {r}-voxel halo exceeds {} MiB",
-                max_tensor_bytes.unwrap_or(0) >> 20
+                "even a single slice with its {r}-voxel halo needs more than {} MiB",
+                budget >> 20
             ))
         })?;
 
-        let total = slabs.len() * self.layers.len();
+        let total = slabs.len() * self.layer_count;
         let mut labels = Vec::with_capacity(out.size.iter().product());
         let mut stats = RunStats::default();
         for (n, slab) in slabs.iter().enumerate() {
-            let offset = n * self.layers.len();
+            let offset = n * self.layer_count;
             let part = OutputBox {
                 start: [out.start[0], out.start[1], slab.output_start],
                 size: [
@@ -230,154 +232,11 @@ impl PreparedNetwork {
                 "box {out:?} outside a {ni}x{nj}x{nk} volume"
             )));
         }
-        let r = self.receptive_radius;
-        let lo = [0, 1, 2].map(|a| out.start[a].saturating_sub(r));
-        let hi = [0, 1, 2].map(|a| (out.start[a] + out.size[a] + r).min(dims[a]));
-        let [bi, bj, bk] = [0, 1, 2].map(|a| hi[a] - lo[a]);
-        let mut values = Vec::with_capacity(bi * bj * bk);
-        for k in lo[2]..hi[2] {
-            for j in lo[1]..hi[1] {
-                let row = (k * nj + j) * ni;
-                values.extend_from_slice(&input[row + lo[0]..row + hi[0]]);
-            }
+        match &self.executor {
+            Executor::Cpu(network) => network.segment_box(input, dims, out, progress),
+            #[cfg(any(feature = "gpu", target_arch = "wasm32"))]
+            Executor::Gpu(network) => network.segment_box(input, dims, out, progress).await,
         }
-        let mut x =
-            Tensor::<5>::from_data(TensorData::new(values, [1, 1, bk, bj, bi]), &self.device);
-        let mut stats = RunStats::default();
-        let (mut cur_lo, mut cur_hi) = (lo, hi);
-        let mut remaining = r;
-        let total = self.layers.len();
-        for (done, layer) in self.layers.iter().enumerate() {
-            let voxels: usize = (0..3).map(|a| cur_hi[a] - cur_lo[a]).product();
-            stats.flops += 2 * (voxels * layer.macs_per_voxel) as u64;
-            stats.peak_tensor_bytes = stats.peak_tensor_bytes.max(voxels * layer.widest * 4);
-            x = layer.forward(x);
-            // Each layer leaves exact values only `halo` voxels further in from the cut
-            // edges; keep just what the remaining layers need. (Not with whole-volume
-            // normalization: its statistics would change with the box.)
-            remaining -= layer.halo;
-            if !self.has_global_normalization {
-                let new_lo = [0, 1, 2].map(|a| out.start[a].saturating_sub(remaining));
-                let new_hi =
-                    [0, 1, 2].map(|a| (out.start[a] + out.size[a] + remaining).min(dims[a]));
-                for (a, axis) in [(0, 4), (1, 3), (2, 2)] {
-                    x = x.narrow(axis, new_lo[a] - cur_lo[a], new_hi[a] - new_lo[a]);
-                }
-                (cur_lo, cur_hi) = (new_lo, new_hi);
-            }
-            // Wait for the layer so progress means finished work, not queued work.
-            self.wait_for(&x).await?;
-            progress(LayerProgress {
-                done: done + 1,
-                total,
-            });
-        }
-        let keep = x
-            .narrow(2, out.start[2] - cur_lo[2], out.size[2])
-            .narrow(3, out.start[1] - cur_lo[1], out.size[1])
-            .narrow(4, out.start[0] - cur_lo[0], out.size[0]);
-        Ok((argmax_labels(keep).await?, stats))
-    }
-
-    /// Blocks (asynchronously) until `x` is computed, by reading back a single element.
-    async fn wait_for(&self, x: &Tensor<5>) -> Result<(), EngineError> {
-        let one = x.clone().slice([0..1, 0..1, 0..1, 0..1, 0..1]);
-        one.into_data_async()
-            .await
-            .map(|_| ())
-            .map_err(|e| EngineError::Execution(format!("{e:?}")))
-    }
-}
-
-impl PreparedLayer {
-    fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let x = conv3d(
-            x,
-            self.weight.clone(),
-            self.bias.clone(),
-            self.options.clone(),
-        );
-        let x = match &self.normalization {
-            None => x,
-            Some(norm) => instance_norm(x, norm.eps, &norm.weight, &norm.bias),
-        };
-        match self.activation {
-            Activation::None => x,
-            Activation::Relu => activation::relu(x),
-            // ELU with alpha 1, as tinygrad and Keras define it.
-            Activation::Elu => x.clone().clamp_min(0.0) + (x.clamp_max(0.0).exp() - 1.0),
-            // tinygrad's gelu is the tanh approximation; brainchop's models were run with it.
-            Activation::Gelu => activation::gelu_approximate(x),
-        }
-    }
-}
-
-/// Per-channel normalization over all positions (GroupNorm with one channel per group).
-fn instance_norm(
-    x: Tensor<5>,
-    eps: f32,
-    weight: &Option<Tensor<1>>,
-    bias: &Option<Tensor<1>>,
-) -> Tensor<5> {
-    let [b, c, d, h, w] = x.dims();
-    let flat = x.reshape([b, c, d * h * w]);
-    let mean = flat.clone().mean_dim(2);
-    let centered = flat - mean;
-    let var = centered.clone().square().mean_dim(2);
-    let mut y = centered / (var + eps as f64).sqrt();
-    if let Some(weight) = weight {
-        y = y * weight.clone().reshape([1, c, 1]);
-    }
-    if let Some(bias) = bias {
-        y = y + bias.clone().reshape([1, c, 1]);
-    }
-    y.reshape([b, c, d, h, w])
-}
-
-async fn argmax_labels(logits: Tensor<5>) -> Result<Vec<u16>, EngineError> {
-    let indices: Tensor<5, Int> = logits.argmax(1);
-    let data = indices
-        .into_data_async()
-        .await
-        .map_err(|e| EngineError::Execution(format!("{e:?}")))?;
-    let values = data
-        .try_into_vec_as::<i64>()
-        .map_err(|e| EngineError::Execution(format!("argmax readback: {e:?}")))?;
-    Ok(values.into_iter().map(|v| v as u16).collect())
-}
-
-fn prepare_layer(layer: &ConvLayer, axis_order: AxisOrder, device: &Device) -> PreparedLayer {
-    let k = layer.kernel_size;
-    let weight = match axis_order {
-        AxisOrder::Kji => layer.weight.clone(),
-        AxisOrder::Ijk => {
-            transpose_kernel(&layer.weight, layer.out_channels * layer.in_channels, k)
-        }
-    };
-    let weight = Tensor::<5>::from_data(
-        TensorData::new(weight, [layer.out_channels, layer.in_channels, k, k, k]),
-        device,
-    );
-    let vector =
-        |v: &Vec<f32>| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device);
-    let normalization = match &layer.normalization {
-        Normalization::None => None,
-        Normalization::Instance { eps, weight, bias } => Some(InstanceNorm {
-            eps: *eps,
-            weight: weight.as_ref().map(vector),
-            bias: bias.as_ref().map(vector),
-        }),
-    };
-    let p = layer.padding;
-    PreparedLayer {
-        halo: layer.dilation * (k - 1) / 2,
-        macs_per_voxel: layer.in_channels * layer.out_channels * k * k * k,
-        widest: layer.in_channels.max(layer.out_channels),
-        weight,
-        bias: layer.bias.as_ref().map(vector),
-        options: ConvOptions::new([1, 1, 1], [p, p, p], [layer.dilation; 3], 1),
-        normalization,
-        activation: layer.activation,
     }
 }
 
