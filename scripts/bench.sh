@@ -4,6 +4,9 @@
 #
 #   scripts/bench.sh [--model tissue_fast|subcortical|DKatlas|mindgrab] [--repeat N] [--input FILE]
 #
+# Then the kernels alone: `insitu bench-kernels` (each layer on a 128³ cube, GFLOP/s) against the
+# machine's measured peak, numpy's sgemm (OpenBLAS) on all cores.
+#
 # Rows: `insitu segment --space conformed` on the whole 256³ grid, the same with `--crop` (the
 # head's bounding box only), and `brainchop -m MODEL --no-optimize` (BEAM off). Runs are
 # interleaved (the order rotates each round) so background load hits every tool alike; each is
@@ -204,7 +207,7 @@ b = med["brainchop"]
 print()
 print(f"model {model}, input {os.path.basename(input_path)}, {repeat} run(s) per tool, interleaved; "
       f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
-print(f"insitu: {insitu_bin} (flex CPU backend)")
+print(f"insitu: {insitu_bin} (insitu's CPU kernels)")
 print(f"brainchop: tinygrad 0.14.0 CPU (clang), --no-optimize (BEAM=0); tinygrad kernel cache {kernels}")
 print(f"{'tool':<16} {'model':<12} {'wall s':>7} {'cpu s':>7} {'RSS MiB':>8} "
       f"{'bc/x wall':>10} {'bc/x cpu':>9} {'bc/x RSS':>9} {'voxels = bc':>12} {'voxels != bc':>12} {'mean Dice':>10}")
@@ -220,4 +223,27 @@ for tool in ("insitu", "insitu_crop", "brainchop"):
 print("wall s, cpu s (user+sys), RSS MiB (peak): medians of /usr/bin/time; bc/x = brainchop's median / "
       "that row's (>1: insitu faster or smaller); voxels = bc: share of voxels whose label equals brainchop's")
 print(f"outputs and logs: {work}")
+EOF
+
+# --- kernels against the machine's peak --------------------------------------------------------
+log "kernels: insitu bench-kernels --model $model --size 128 --repeat 3; peak: numpy sgemm"
+"$insitu" bench-kernels --model "$model" --size 128 --repeat 3 >"$work/kernels.txt" \
+  || die "insitu bench-kernels failed"
+"$py" - "$work/kernels.txt" <<'EOF' || die "could not measure the sgemm peak"
+import sys, time
+import numpy as np
+n = 2048
+a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+a @ b
+runs = []
+for _ in range(5):
+    t = time.perf_counter(); a @ b; runs.append(time.perf_counter() - t)
+peak = 2 * n**3 / sorted(runs)[len(runs) // 2] / 1e9
+lines = open(sys.argv[1]).read().splitlines()
+print()
+print("\n".join(lines))
+total = float(lines[-1].split()[-1])
+print(f"peak: numpy {np.__version__} sgemm {n}x{n} (OpenBLAS, all cores) {peak:.1f} GFLOP/s; "
+      f"insitu's layers together {total:.1f} GFLOP/s = {100 * total / peak:.0f} % of it")
 EOF
