@@ -2,14 +2,28 @@
 // `new Worker(new URL('./worker.js', import.meta.url))`) into dist/, with the Rust core's
 // wasm (pkg/insitu_bg.wasm, from `new URL(..., import.meta.url)`) beside them.
 // dist/assets/ (models, sample data) is filled by `insitu fetch --dest dist/assets`, not here.
+// index.html gets the page's security policy as <meta> tags (scripts/security-policy.mjs), for
+// static hosts that cannot send it as headers the way scripts/serve.mjs does.
 import { existsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import CopyPlugin from 'copy-webpack-plugin';
+import { SECURITY_META_TAGS } from './scripts/security-policy.mjs';
 
 const root = dirname(fileURLToPath(import.meta.url));
 const pkgJs = resolve(root, 'pkg/insitu.js');
 const havePkg = existsSync(pkgJs);
+
+const POLICY_PLACEHOLDER = /<!-- security-policy:[^>]*-->/;
+
+/** www/index.html with the security policy's <meta> tags in place of its placeholder. */
+function withSecurityPolicy(html) {
+  const text = html.toString();
+  if (!POLICY_PLACEHOLDER.test(text)) {
+    throw new Error('www/index.html has no <!-- security-policy: ... --> placeholder: the page would ship without its CSP.');
+  }
+  return text.replace(POLICY_PLACEHOLDER, SECURITY_META_TAGS);
+}
 
 // Without the wasm core the page still bundles, against a module that only throws
 // "core not built" when the worker starts, so the page shows that error. Never a fake core.
@@ -50,7 +64,7 @@ export default (env, argv) => ({
       : { [pkgJs]: resolve(root, 'www/missing-pkg.js'), [resolve(root, 'pkg/insitu_bg.wasm')]: false },
   },
   plugins: [
-    new CopyPlugin({ patterns: [{ from: 'www/index.html' }, { from: 'www/style.css' }] }),
+    new CopyPlugin({ patterns: [{ from: 'www/index.html', transform: withSecurityPolicy }, { from: 'www/style.css' }] }),
     ...(havePkg ? [] : [new MissingPkgWarning()]),
   ],
   devtool: argv.mode === 'development' ? 'source-map' : false,

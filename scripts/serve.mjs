@@ -5,11 +5,13 @@
 //
 // root defaults to dist/ beside this script's folder, port to $PORT or 8080; 0 picks a free port. Prints "insitu: serving <root> at http://127.0.0.1:<port>/"
 // once listening (the browser test reads that line). GET/HEAD only, no directory listing.
+// Every response carries the page's security policy (scripts/security-policy.mjs).
 import { createServer } from 'node:http';
 import { createReadStream, existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { extname, join, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { SECURITY_HEADERS } from './security-policy.mjs';
 
 const MIME = {
   '.html': 'text/html; charset=utf-8',
@@ -53,7 +55,7 @@ if (!existsSync(join(root, 'index.html'))) {
 }
 
 function send(res, status, text) {
-  res.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' });
+  res.writeHead(status, { ...SECURITY_HEADERS, 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' });
   res.end(`${status} ${text}\n`);
 }
 
@@ -76,10 +78,10 @@ const server = createServer(async (req, res) => {
   }
   if (!info.isFile()) return send(res, 404, 'Not Found'); // no directory listing
   res.writeHead(200, {
+    ...SECURITY_HEADERS,
     'Content-Type': MIME[extname(file).toLowerCase()] ?? 'application/octet-stream',
     'Content-Length': info.size,
     'Cache-Control': 'no-cache',
-    'X-Content-Type-Options': 'nosniff',
   });
   if (req.method === 'HEAD') return res.end();
   createReadStream(file)

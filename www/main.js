@@ -31,6 +31,7 @@ const el = {
   stage: $('stage'),
   runStatus: $('run-status'),
   errorBox: $('error-box'),
+  privacyNotice: $('privacy-notice'),
   dropZone: $('drop-zone'),
   canvas: $('viewer-canvas'),
   viewerEmpty: $('viewer-empty'),
@@ -79,6 +80,7 @@ const state = {
   running: false, // a volume is loading or a segmentation is running
   stage: 'idle', // the last progress stage
   error: null, // the last error message shown, or null
+  blocked: [], // [{uri, directive}]: what the security policy blocked, in the page or the worker
 };
 
 /** Test and debugging hooks; nothing in the UI depends on them. */
@@ -92,7 +94,9 @@ window.insitu = {
 // ---- the worker -------------------------------------------------------------------------
 
 class Core {
-  constructor() {
+  /** @param {(blocked: {uri, directive}) => void} onBlocked  told of what the policy blocked in the worker */
+  constructor(onBlocked) {
+    this.onBlocked = onBlocked;
     this.worker = new Worker(new URL(/* webpackChunkName: "worker" */ './worker.js', import.meta.url), {
       type: 'module',
     });
@@ -109,6 +113,7 @@ class Core {
   }
 
   receive(data) {
+    if ('blocked' in data) return this.onBlocked(data.blocked);
     if ('ready' in data) {
       if (data.ready) this.started.resolve({ ...data.registry, presets: data.presets ?? [] });
       else this.fail(`The segmentation core could not start: ${data.error}`);
@@ -184,6 +189,26 @@ function showError(err) {
   el.errorBox.textContent = message;
   el.errorBox.hidden = false;
   console.error('insitu:', message);
+}
+
+/** What the security policy blocked: "a request to <origin>", or the kind of thing ("inline", "eval"). */
+function blockedWhat({ uri, directive }) {
+  try {
+    const { origin } = new URL(uri);
+    if (origin !== 'null') return `a request to ${origin}`;
+  } catch {
+    // not a URL: "inline", "eval", "data", "blob", ...
+  }
+  return `${uri || 'a resource'} (${directive})`;
+}
+
+/** Lists what the security policy blocked (the page's or the worker's) in a notice that stays. */
+function showBlocked(blocked) {
+  state.blocked.push(blocked);
+  const what = [...new Set(state.blocked.map(blockedWhat))];
+  el.privacyNotice.textContent = `Blocked ${what.join(', ')}: insitu never sends data off this device.`;
+  el.privacyNotice.hidden = false;
+  console.warn('insitu: the security policy blocked', blocked);
 }
 
 function clearError() {
@@ -335,7 +360,7 @@ function showRunStatus(result) {
 
 // ---- actions ----------------------------------------------------------------------------
 
-const core = new Core();
+const core = new Core(showBlocked);
 const viewer = new Viewer(el.canvas);
 
 /**
@@ -816,6 +841,10 @@ el.exportCsv.addEventListener('click', () => exportComparison('csv'));
 el.exportJson.addEventListener('click', () => exportComparison('json'));
 el.exportHtml.addEventListener('click', () => exportComparison('html'));
 el.opacityInput.addEventListener('input', () => viewer.setOpacity(Number(el.opacityInput.value)));
+
+document.addEventListener('securitypolicyviolation', (e) =>
+  showBlocked({ uri: e.blockedURI, directive: e.effectiveDirective }),
+);
 
 // A file dropped anywhere must not make the browser navigate away from the page.
 for (const type of ['dragover', 'drop']) window.addEventListener(type, (e) => e.preventDefault());

@@ -303,7 +303,9 @@ export function comparisonHtml(runs, { caseName, referenceName }) {
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:">
+<!-- No network at all: nothing may load, connect, submit a form or change the base URL; only the inline style applies. -->
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'">
+<meta name="referrer" content="no-referrer">
 <title>insitu report — ${escapeHtml(caseName ?? '')}</title>
 <style>${REPORT_CSS}</style>
 </head>

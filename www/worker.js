@@ -3,6 +3,8 @@
 //   {id, op: 'open' | 'segment' | 'evaluate', ...}  ->  {id, ok: true, value} | {id, ok: false, error}
 // plus {id, progress: {stage, done, total}} while a segmentation runs. On start it posts
 //   {ready: true, registry, presets} or {ready: false, error}.
+// When the security policy blocks something the worker tried to load it posts
+//   {blocked: {uri, directive}}   (the page shows it; see main.js `showBlocked`).
 import init, { registry_json, open_volume, segment, evaluate, mapping_presets_json } from '../pkg/insitu.js';
 
 const wasmUrl = new URL('../pkg/insitu_bg.wasm', import.meta.url);
@@ -18,6 +20,10 @@ const ready = (async () => {
   presets = JSON.parse(mapping_presets_json());
   return registry;
 })();
+
+self.addEventListener('securitypolicyviolation', (e) =>
+  postMessage({ blocked: { uri: e.blockedURI, directive: e.effectiveDirective } }),
+);
 
 ready.then(
   (registry) => postMessage({ ready: true, registry, presets }),
