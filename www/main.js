@@ -25,6 +25,7 @@ const el = {
   cropInput: $('crop-input'),
   backendSelect: $('backend-select'),
   runButton: $('run-button'),
+  cancelButton: $('cancel-button'),
   downloadButton: $('download-button'),
   downloadLikeInput: $('download-like-input'),
   progress: $('progress'),
@@ -78,6 +79,7 @@ const state = {
   reference: null, // {name, bytes} of the reference labels for the current input
   evalSettings: { mapping: '', toleranceMm: 2 }, // the settings the evaluations were made with
   running: false, // a volume is loading or a segmentation is running
+  segmenting: false, // a segmentation is running (Cancel stops it)
   stage: 'idle', // the last progress stage
   error: null, // the last error message shown, or null
   blocked: [], // [{uri, directive}]: what the security policy blocked, in the page or the worker
@@ -93,22 +95,32 @@ window.insitu = {
 
 // ---- the worker -------------------------------------------------------------------------
 
+/** What a call to the worker rejects with when it was stopped on purpose. */
+class Cancelled extends Error {}
+
 class Core {
   /** @param {(blocked: {uri, directive}) => void} onBlocked  told of what the policy blocked in the worker */
   constructor(onBlocked) {
     this.onBlocked = onBlocked;
+    this.pending = new Map();
+    this.nextId = 1;
+    this.start();
+  }
+
+  /** Starts a worker; `ready` resolves with the registry once its core runs. */
+  start() {
     this.worker = new Worker(new URL(/* webpackChunkName: "worker" */ './worker.js', import.meta.url), {
       type: 'module',
     });
-    this.pending = new Map();
-    this.nextId = 1;
     this.ready = new Promise((resolve, reject) => {
       this.started = { resolve, reject };
     });
-    this.worker.onmessage = ({ data }) => this.receive(data);
-    this.worker.onerror = (event) => {
+    // A message or error still on its way from a worker that was ended is ignored.
+    const worker = this.worker;
+    worker.onmessage = ({ data }) => worker === this.worker && this.receive(data);
+    worker.onerror = (event) => {
       event.preventDefault();
-      this.fail(`The inference worker failed: ${event.message || 'it could not be started'}`);
+      if (worker === this.worker) this.fail(`The inference worker failed: ${event.message || 'it could not be started'}`);
     };
   }
 
@@ -131,6 +143,19 @@ class Core {
     this.started.reject(new Error(message));
     for (const call of this.pending.values()) call.reject(new Error(message));
     this.pending.clear();
+  }
+
+  /**
+   * Stops whatever the worker is doing at once: ends it, rejects its calls with Cancelled, and
+   * starts a fresh one. The worker keeps nothing the page cannot send again (only fetched
+   * model files, which it fetches again). Returns the new worker's `ready`.
+   */
+  restart() {
+    this.worker.terminate();
+    for (const call of this.pending.values()) call.reject(new Cancelled('Cancelled.'));
+    this.pending.clear();
+    this.start();
+    return this.ready;
   }
 
   call(op, args, onProgress = () => {}) {
@@ -239,6 +264,7 @@ function updateControls() {
   el.seriesOpen.disabled = busy || !state.pendingSeries;
   el.modelSelect.disabled = busy || !state.registry;
   el.runButton.disabled = busy || !state.ready || !state.input || !selectedModel();
+  el.cancelButton.disabled = !state.segmenting;
   el.downloadButton.disabled = busy || !state.result;
   el.downloadLikeInput.disabled = busy || !state.result;
   el.dropZone.classList.toggle('busy', busy);
@@ -508,11 +534,19 @@ async function run() {
   el.stage.textContent = 'Starting…';
   const options = { backend: el.backendSelect.value, crop: el.cropInput.checked };
   try {
-    const value = await core.call(
-      'segment',
-      { files: input.files, series: input.series, inputName: input.name, modelId: model.id, options, base: document.baseURI },
-      ({ stage, done, total }) => showStage(stage, done, total),
-    );
+    state.segmenting = true;
+    updateControls();
+    let value;
+    try {
+      value = await core.call(
+        'segment',
+        { files: input.files, series: input.series, inputName: input.name, modelId: model.id, options, base: document.baseURI },
+        ({ stage, done, total }) => showStage(stage, done, total),
+      );
+    } finally {
+      state.segmenting = false;
+      updateControls();
+    }
     const fileName = `${stem(input.name)}_${model.id}.nii.gz`;
     const newRun = {
       ...value,
@@ -539,12 +573,23 @@ async function run() {
     }
     await selectRun(model.id);
   } catch (err) {
-    showError(err);
-    el.stage.textContent = 'Failed.';
+    if (err instanceof Cancelled) {
+      el.progress.value = 0;
+      el.stage.textContent = `Cancelled ${model.name}; the volume and earlier runs are kept.`;
+    } else {
+      showError(err);
+      el.stage.textContent = 'Failed.';
+    }
   } finally {
     state.running = false;
     updateControls();
   }
+}
+
+/** Stops the running segmentation: its worker is ended at once and a fresh one started. */
+function cancel() {
+  if (!state.segmenting) return;
+  core.restart().catch((err) => showError(err));
 }
 
 // ---- runs, evaluation, comparison ----------------------------------------------------------
@@ -822,6 +867,7 @@ el.folderInput.addEventListener('change', () => {
 el.seriesOpen.addEventListener('click', openChosenSeries);
 el.sampleButton.addEventListener('click', loadSample);
 el.runButton.addEventListener('click', run);
+el.cancelButton.addEventListener('click', cancel);
 el.downloadButton.addEventListener('click', () => download());
 el.downloadLikeInput.addEventListener('click', () => download(true));
 el.modelSelect.addEventListener('change', () => {
