@@ -2,18 +2,30 @@
 # Installs what a fresh machine lacks, then builds the native CLI, the wasm package and the
 # web bundle, and stages the registry's models and sample volume into dist/assets.
 # Idempotent: each step is skipped when its result is already there.
+#
+#   scripts/setup.sh          everything the tests need (scripts/test.sh)
+#   scripts/setup.sh --app    only what serving the page needs (scripts/app.sh): no chromium,
+#                             no lavapipe, no native CLI
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+  '') app_only=false ;;
+  --app) app_only=true ;;
+  *) echo "usage: scripts/setup.sh [--app]  (got: $*)" >&2; exit 2 ;;
+esac
 
 log() { printf '\n== %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 apt_packages=()
-command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
 command -v node >/dev/null 2>&1 || apt_packages+=(nodejs npm)
-command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
-# Mesa's lavapipe: a Vulkan device on the CPU for the native GPU-path test.
-ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || apt_packages+=(mesa-vulkan-drivers)
+if ! $app_only; then
+  command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
+  command -v curl >/dev/null 2>&1 || apt_packages+=(curl) # the CLI downloads with curl
+  # Mesa's lavapipe: a Vulkan device on the CPU for the native GPU-path test.
+  ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || apt_packages+=(mesa-vulkan-drivers)
+fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
   log "apt-get install ${apt_packages[*]}"
   as_root apt-get update -q
@@ -35,8 +47,10 @@ fi
 log "npm ci"
 [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund
 
-log "native build (CLI)"
-cargo build --bin insitu
+if ! $app_only; then
+  log "native build (CLI)"
+  cargo build --bin insitu
+fi
 
 log "wasm build"
 cargo build --release --lib --target wasm32-unknown-unknown
@@ -48,5 +62,7 @@ npx --no-install wasm-opt -O2 --enable-bulk-memory --enable-nontrapping-float-to
 log "web bundle"
 npm run build
 
+# The same files, paths and sha256 checks as `insitu fetch --dest dist/assets`
+# (tests/browser/stage-assets.test.mjs compares the two), without waiting for the native build.
 log "models and sample data -> dist/assets"
-target/debug/insitu fetch --dest dist/assets
+node scripts/stage-assets.mjs --dest dist/assets
