@@ -8,6 +8,8 @@
 //!   on any device: box + image embedding → 256x256 low-res logits and IoU prediction.
 //! - [`encoder`]: the TinyViT image encoder in burn: encoder input → 1x256x64x64 embedding.
 //! - [`postprocess`]: low-res logits → the slice's mask, as the reference computes it.
+//! - [`pipeline`]: box prompts (2-D, or 3-D by the reference's propagation) on a whole volume
+//!   → a label map on its grid, with the per-call embedding cache and encoder/decoder times.
 //!
 //! Axes follow the reference, which reads NIfTI arrays without reorientation: a 2-D image is
 //! the volume's k-th plane with rows along j and columns along i, so a box
@@ -15,6 +17,7 @@
 
 pub mod decoder;
 pub mod encoder;
+pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
 mod weights;
