@@ -48,8 +48,9 @@ log "npm ci"
 [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund
 
 if ! $app_only; then
-  log "native build (CLI)"
-  cargo build --bin insitu
+  # With the GPU path, as scripts/test.sh tests it: one feature set, dependencies built once.
+  log "native build (CLI, --features gpu)"
+  cargo build --features gpu --bin insitu
 fi
 
 log "wasm build"

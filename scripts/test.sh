@@ -5,10 +5,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 
 printf '\n== Rust tests\n' >&2
-cargo test --no-fail-fast
-
-printf '\n== native GPU path (wgpu; Mesa lavapipe where there is no GPU)\n' >&2
-cargo test --features gpu --test gpu
+# One feature set for every test (the CLI was built with it too), so dependencies build once.
+# tests/gpu.rs runs the native GPU path (wgpu; Mesa lavapipe where there is no GPU).
+cargo test --features gpu --no-fail-fast
 
 printf '\n== browser tests\n' >&2
 mirror="${INSITU_MIRROR:-../shared}"
