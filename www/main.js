@@ -313,7 +313,8 @@ function showLegend(labels) {
 }
 
 function showModels(registry) {
-  const models = registry.models;
+  // Promptable models (LiteMedSAM) run from the CLI (`insitu prompt`) until the page can draw boxes.
+  const models = registry.models.filter((m) => m.card?.kind !== 'promptable');
   el.modelSelect.replaceChildren(
     ...models.map((m) => {
       const option = document.createElement('option');

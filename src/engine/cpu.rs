@@ -251,6 +251,18 @@ impl CpuLayer {
         }
     }
 
+    /// Each tile's first output channel, its number of real channels, and its weights.
+    fn tile_channels(&self) -> impl Iterator<Item = (usize, usize, &[f32])> {
+        self.tiles.iter().enumerate().map(|(t, weights)| {
+            let first = t * self.tile;
+            (
+                first,
+                self.tile.min(self.out_channels - first),
+                &weights[..],
+            )
+        })
+    }
+
     fn flops(&self, voxels: usize) -> u64 {
         2 * (voxels * self.in_channels * self.out_channels * self.kernel.pow(3)) as u64
     }
@@ -267,9 +279,7 @@ impl CpuLayer {
             .take(rows_k.len());
         parallel::for_each(slices, |(z, slice)| {
             for j in rows_j.clone() {
-                for (t, weights) in self.tiles.iter().enumerate() {
-                    let first = t * self.tile;
-                    let count = self.tile.min(self.out_channels - first);
+                for (first, count, weights) in self.tile_channels() {
                     let row = frame.row_in_slice(first, j);
                     let channel_stride = frame.dims[1] * frame.stride;
                     kernel::conv_row(
@@ -368,9 +378,7 @@ impl CpuLayer {
             for (row_labels, j) in slice_labels.chunks_exact_mut(ni).zip(rows_j.clone()) {
                 best.fill(f32::NEG_INFINITY);
                 row_labels.fill(0);
-                for (t, weights) in self.tiles.iter().enumerate() {
-                    let first = t * self.tile;
-                    let count = self.tile.min(self.out_channels - first);
+                for (first, count, weights) in self.tile_channels() {
                     kernel::conv_row(
                         self,
                         weights,
