@@ -358,12 +358,7 @@ fn bench_kernels(
     choice: DeviceChoice,
     budget: usize,
 ) -> Result<()> {
-    let registry = Registry::builtin();
-    let entry = match &model {
-        Some(id) => registry.get(id)?,
-        None => registry.default_model(),
-    };
-    require_dense(entry)?;
+    let entry = dense_model(model.as_deref())?;
     let network = models::load_network(&model_files(entry)?)
         .with_context(|| format!("model {}", entry.id))?;
     let runner = prepare_model(entry, choice, budget)?;
@@ -460,6 +455,17 @@ fn list_models() -> Result<()> {
 }
 
 /// Refuses a promptable model where a dense one is needed.
+/// The registry's model `id` (default: the default model), which must be a dense one.
+fn dense_model(id: Option<&str>) -> Result<&'static ModelEntry> {
+    let registry = Registry::builtin();
+    let entry = match id {
+        Some(id) => registry.get(id)?,
+        None => registry.default_model(),
+    };
+    require_dense(entry)?;
+    Ok(entry)
+}
+
 fn require_dense(entry: &ModelEntry) -> Result<()> {
     if entry.is_promptable() {
         bail!(
@@ -625,12 +631,7 @@ fn segment(
     series: Option<&str>,
     budget: usize,
 ) -> Result<()> {
-    let registry = Registry::builtin();
-    let entry = match &model {
-        Some(id) => registry.get(id)?,
-        None => registry.default_model(),
-    };
-    require_dense(entry)?;
+    let entry = dense_model(model.as_deref())?;
     let (volume, format) = read_input_as(input, series)?;
     let runner = prepare_model(entry, choice, budget)?;
     let result = run_model(entry, &runner, &volume, &input.display().to_string(), crop)?;
