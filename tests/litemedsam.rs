@@ -7,8 +7,7 @@
 
 mod common;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use common::litemedsam::{expected, gunzip, unpack_bits};
 
 use insitu::litemedsam::preprocess::{
     box_from_neighbour_mask, box_to_256, encoder_input, plane, propagation_order, resize_area,
@@ -17,32 +16,6 @@ use insitu::litemedsam::preprocess::{
 use insitu::volume::{self, Volume};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/litemedsam")
-}
-
-fn expected() -> Value {
-    let text = std::fs::read_to_string(fixture_dir().join("expected.json")).expect("expected.json");
-    serde_json::from_str(&text).expect("expected.json parses")
-}
-
-fn gunzip(name: &str) -> Vec<u8> {
-    let path = fixture_dir().join(name);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(&bytes[..])
-        .read_to_end(&mut out)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    out
-}
-
-/// `np.packbits` (most significant bit first) undone, `len` values of 0/1.
-fn unpack_bits(packed: &[u8], len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (packed[i / 8] >> (7 - i % 8)) & 1)
-        .collect()
-}
 
 fn read_scan(rel: &str) -> Volume {
     let path = common::data(rel);

@@ -10,28 +10,14 @@
 
 mod common;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use common::litemedsam::{fixture_dir, gunzip, unpack_bits};
+
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use insitu::litemedsam::decoder::Decoder;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/litemedsam")
-}
-
-fn gunzip(name: &str) -> Vec<u8> {
-    let path = fixture_dir().join(name);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(&bytes[..])
-        .read_to_end(&mut out)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    out
-}
 
 /// The synthetic embedding of make_expected.py's `lcg_embedding`: a 32-bit LCG
 /// `x[n+1] = (1664525 x[n] + 1013904223) mod 2^32`, `x[0] = seed`, each step's
@@ -144,13 +130,6 @@ fn decoder_matches_pytorch_on_a_synthetic_embedding() {
         worst = worst.max(max_diff);
     }
     println!("worst max |logit - torch| over all boxes: {worst:.5}");
-}
-
-/// `np.packbits` (most significant bit first) undone, `len` values of 0/1.
-fn unpack_bits(packed: &[u8], len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (packed[i / 8] >> (7 - i % 8)) & 1)
-        .collect()
 }
 
 fn usize_of(v: &Value) -> usize {

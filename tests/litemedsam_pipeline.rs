@@ -11,9 +11,9 @@
 
 mod common;
 
+use common::litemedsam::{expected, gunzip, unpack_bits};
+
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::Device;
@@ -23,34 +23,6 @@ use insitu::litemedsam::pipeline::{
 use insitu::litemedsam::LiteMedSam;
 use insitu::volume::{self, Volume};
 use serde_json::Value;
-
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/litemedsam")
-}
-
-fn gunzip(name: &str) -> Vec<u8> {
-    let path = fixture_dir().join(name);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(&bytes[..])
-        .read_to_end(&mut out)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    out
-}
-
-/// `np.packbits` (most significant bit first) undone, `len` values of 0/1.
-fn unpack_bits(packed: &[u8], len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (packed[i / 8] >> (7 - i % 8)) & 1)
-        .collect()
-}
-
-fn expected() -> Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(fixture_dir().join("expected.json")).expect("expected.json"),
-    )
-    .expect("expected.json parses")
-}
 
 fn model() -> LiteMedSam {
     let path = common::shared().join("models/litemedsam/lite_medsam.pth");

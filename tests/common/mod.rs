@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod litemedsam;
+
 use insitu::assets::{self, RemoteFile};
 use insitu::engine::PreparedNetwork;
 use insitu::models::{ModelFiles, Registry};

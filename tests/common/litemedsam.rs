@@ -1,0 +1,34 @@
+//! Readers of LiteMedSAM's reference fixtures (tests/fixtures/litemedsam, written by
+//! make_expected.py).
+
+use serde_json::Value;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/litemedsam")
+}
+
+/// The cases and their provenance.
+pub fn expected() -> Value {
+    let text = std::fs::read_to_string(fixture_dir().join("expected.json")).expect("expected.json");
+    serde_json::from_str(&text).expect("expected.json parses")
+}
+
+/// A gzipped fixture file's bytes.
+pub fn gunzip(name: &str) -> Vec<u8> {
+    let path = fixture_dir().join(name);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_end(&mut out)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    out
+}
+
+/// `np.packbits` (most significant bit first) undone, `len` values of 0/1.
+pub fn unpack_bits(packed: &[u8], len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (packed[i / 8] >> (7 - i % 8)) & 1)
+        .collect()
+}
