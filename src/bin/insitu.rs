@@ -936,14 +936,17 @@ fn info(input: &Path, json: bool, series: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn parse_box(text: &str) -> Result<[usize; 6], String> {
+/// `N` comma-separated voxel indices; `expected` says what was wanted when the count is wrong.
+fn parse_indices<const N: usize>(text: &str, expected: &str) -> Result<[usize; N], String> {
     let values: Vec<usize> = text
         .split(',')
         .map(|v| v.trim().parse::<usize>().map_err(|e| format!("{v:?}: {e}")))
         .collect::<Result<_, _>>()?;
-    values
-        .try_into()
-        .map_err(|_| "expected six numbers: i0,j0,k0,ni,nj,nk".to_string())
+    values.try_into().map_err(|_| expected.to_string())
+}
+
+fn parse_box(text: &str) -> Result<[usize; 6], String> {
+    parse_indices(text, "expected six numbers: i0,j0,k0,ni,nj,nk")
 }
 
 fn convert(input: &Path, output: &Path, crop: Option<[usize; 6]>) -> Result<()> {
@@ -992,27 +995,20 @@ fn fetch(dest: &Path, only: &[String]) -> Result<()> {
 fn parse_box2d(text: &str) -> Result<[usize; 5], String> {
     let usage = || format!("{text:?}: expected I0,J0,I1,J1@K (inclusive voxel indices)");
     let (ij, k) = text.split_once('@').ok_or_else(usage)?;
-    let mut values: Vec<usize> = ij
-        .split(',')
-        .map(|v| v.trim().parse::<usize>().map_err(|e| format!("{v:?}: {e}")))
-        .collect::<Result<_, _>>()?;
-    values.push(
-        k.trim()
-            .parse::<usize>()
-            .map_err(|e| format!("{k:?}: {e}"))?,
-    );
-    values.try_into().map_err(|_| usage())
+    let [i0, j0, i1, j1] = parse_indices(ij, &usage())?;
+    let k = k
+        .trim()
+        .parse::<usize>()
+        .map_err(|e| format!("{k:?}: {e}"))?;
+    Ok([i0, j0, i1, j1, k])
 }
 
 /// `I0,J0,K0,I1,J1,K1`.
 fn parse_box3d(text: &str) -> Result<[usize; 6], String> {
-    let values: Vec<usize> = text
-        .split(',')
-        .map(|v| v.trim().parse::<usize>().map_err(|e| format!("{v:?}: {e}")))
-        .collect::<Result<_, _>>()?;
-    values
-        .try_into()
-        .map_err(|_| format!("{text:?}: expected I0,J0,K0,I1,J1,K1 (inclusive voxel indices)"))
+    parse_indices(
+        text,
+        &format!("{text:?}: expected I0,J0,K0,I1,J1,K1 (inclusive voxel indices)"),
+    )
 }
 
 /// `LEVEL,WIDTH`.
