@@ -4,11 +4,14 @@
 // dist/assets/ (models, sample data) is filled by `insitu fetch --dest dist/assets`, not here.
 // index.html gets the page's security policy as <meta> tags (scripts/security-policy.mjs), for
 // static hosts that cannot send it as headers the way scripts/serve.mjs does.
+// www/sw.js, the offline service worker, is bundled as dist/sw.js with the list of every
+// emitted file and its sha256 written in (scripts/service-worker-plugin.mjs).
 import { existsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import CopyPlugin from 'copy-webpack-plugin';
 import { SECURITY_META_TAGS } from './scripts/security-policy.mjs';
+import { ServiceWorkerPlugin } from './scripts/service-worker-plugin.mjs';
 
 const root = dirname(fileURLToPath(import.meta.url));
 const pkgJs = resolve(root, 'pkg/insitu.js');
@@ -44,7 +47,7 @@ class MissingPkgWarning {
 export default (env, argv) => ({
   mode: argv.mode ?? 'production',
   context: root,
-  entry: { main: './www/main.js' },
+  entry: { main: './www/main.js', sw: './www/sw.js' },
   target: 'web',
   output: {
     path: resolve(root, 'dist'),
@@ -64,7 +67,15 @@ export default (env, argv) => ({
       : { [pkgJs]: resolve(root, 'www/missing-pkg.js'), [resolve(root, 'pkg/insitu_bg.wasm')]: false },
   },
   plugins: [
-    new CopyPlugin({ patterns: [{ from: 'www/index.html', transform: withSecurityPolicy }, { from: 'www/style.css' }] }),
+    new CopyPlugin({
+      patterns: [
+        { from: 'www/index.html', transform: withSecurityPolicy },
+        { from: 'www/style.css' },
+        { from: 'www/manifest.webmanifest' },
+        { from: 'www/icon.svg' },
+      ],
+    }),
+    new ServiceWorkerPlugin({ worker: 'sw.js', registry: resolve(root, 'src/models/registry.json') }),
     ...(havePkg ? [] : [new MissingPkgWarning()]),
   ],
   devtool: argv.mode === 'development' ? 'source-map' : false,

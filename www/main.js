@@ -10,6 +10,8 @@ import {
   evaluationChart,
   evaluationTable,
 } from './report.js';
+import { Offline } from './offline.js';
+import { SessionStore } from './session-store.js';
 
 const $ = (id) => document.getElementById(id);
 const el = {
@@ -83,6 +85,7 @@ const state = {
   stage: 'idle', // the last progress stage
   error: null, // the last error message shown, or null
   blocked: [], // [{uri, directive}]: what the security policy blocked, in the page or the worker
+  restored: false, // the session kept in this browser was looked for, and brought back if there was one
 };
 
 /** Test and debugging hooks; nothing in the UI depends on them. */
@@ -327,6 +330,7 @@ function showModels(registry) {
   el.modelSelect.value = (models.find((m) => m.default) ?? models[0])?.id ?? '';
   showModelInfo();
   if (!state.result) showLegend(selectedModel()?.labels ?? []);
+  return models;
 }
 
 function showVolumeInfo() {
@@ -389,6 +393,10 @@ function showRunStatus(result) {
 
 const core = new Core(showBlocked);
 const viewer = new Viewer(el.canvas);
+// What this browser keeps (www/session-store.js, www/offline.js): the session, saved after each
+// change and restored on load, and the app and models for offline use.
+const store = new SessionStore((status) => offline.sessionStatus(status));
+const offline = new Offline({ store, onKeepingOn: () => store.save(state) });
 
 /**
  * Reads files with the core, then makes them the input; files holding several DICOM series
@@ -441,6 +449,7 @@ async function loadVolume(name, readFiles, series = null) {
   } finally {
     state.running = false;
     updateControls();
+    store.save(state);
   }
 }
 
@@ -561,6 +570,7 @@ async function run() {
     };
     state.runs.delete(model.id); // a rerun of a model replaces its run, and moves it last
     state.runs.set(model.id, newRun);
+    offline.keepModel(model); // for offline use
     el.progress.value = 1;
     el.stage.textContent = 'Done.';
     if (state.reference) {
@@ -578,12 +588,13 @@ async function run() {
       el.progress.value = 0;
       el.stage.textContent = `Cancelled ${model.name}; the volume and earlier runs are kept.`;
     } else {
-      showError(err);
+      showError(await offline.runError(err, model));
       el.stage.textContent = 'Failed.';
     }
   } finally {
     state.running = false;
     updateControls();
+    store.save(state);
   }
 }
 
@@ -689,6 +700,7 @@ async function selectRun(id) {
   const run = state.runs.get(id);
   if (!run) return;
   state.result = run;
+  store.save(state);
   showRunStatus(run);
   el.downloadLikeInput.hidden = run.likeInputExtension === '.nii.gz';
   el.downloadLikeInput.textContent = `Download ${run.likeInputExtension}`;
@@ -776,6 +788,7 @@ async function busy(stage, action) {
   showEvaluation();
   await showErrors();
   updateControls();
+  store.save(state);
 }
 
 function loadReference(file) {
@@ -853,6 +866,50 @@ function download(likeInput = false) {
   else saveFile(result.labels, result.fileName, 'application/gzip');
 }
 
+/** Shows evaluation settings in the form: a preset (or none) by its key, else the custom JSON. */
+function showEvalSettings({ mapping, toleranceMm }) {
+  el.toleranceInput.value = String(toleranceMm);
+  const preset = [...el.mappingSelect.options].some((o) => o.value === mapping && o.value !== 'custom');
+  el.mappingSelect.value = preset ? mapping : 'custom';
+  if (!preset) el.mappingJson.value = mapping;
+  el.mappingJson.hidden = preset;
+}
+
+/** Brings back the session this browser kept (www/session-store.js): volume, runs, evaluations. */
+async function restoreSession() {
+  try {
+    const saved = await store.load();
+    if (saved && !state.input && !state.running) await restoreSaved(saved); // not if the user already opened something
+  } finally {
+    state.restored = true;
+  }
+}
+
+async function restoreSaved(saved) {
+  store.paused = true; // the session is rebuilt in steps: keep the stored one until it is whole
+  try {
+    await viewerStarted;
+    await loadVolume(saved.input.name, async () => saved.input.files, saved.input.series);
+    if (state.input?.name !== saved.input.name) return; // it could not be reopened: the error says why
+    state.runs = new Map(saved.runs.map((run) => [run.id, run]));
+    state.reference = saved.reference;
+    if (saved.meta.evalSettings) state.evalSettings = saved.meta.evalSettings;
+    showEvalSettings(state.evalSettings);
+    if (state.reference) el.referenceInfo.textContent = `Reference: ${state.reference.name}`;
+    showRuns();
+    const selected = state.runs.get(saved.meta.selected) ?? runList().at(-1);
+    if (selected) await selectRun(selected.id);
+    updateControls();
+    const evaluated = runList().filter((run) => run.evaluation).length;
+    el.stage.textContent =
+      `Restored from this browser: ${state.input.name}, ${state.runs.size} run(s)` +
+      (evaluated ? `, ${evaluated} evaluation(s).` : '.');
+  } finally {
+    store.paused = false;
+  }
+  if (state.input) store.save(state);
+}
+
 // ---- wiring -----------------------------------------------------------------------------
 
 el.fileInput.addEventListener('change', () => {
@@ -918,8 +975,9 @@ if (!('gpu' in navigator)) {
 viewer.opacity = Number(el.opacityInput.value);
 showErrorLegend();
 updateControls();
+offline.start();
 
-viewer.start().catch((err) => {
+const viewerStarted = viewer.start().catch((err) => {
   el.viewerEmpty.textContent = `The viewer is not available in this browser (${err.message ?? err}). Segmentation and download still work.`;
   console.warn('insitu: viewer unavailable:', err);
 });
@@ -928,9 +986,11 @@ core.ready.then(
   (registry) => {
     state.registry = registry;
     state.ready = true;
-    showModels(registry);
+    const models = showModels(registry);
+    offline.setModels(models, (registry.samples ?? []).map((s) => ({ path: `assets/data/${s.path}`, sha256: s.sha256 })));
     showPresets(registry.presets);
     updateControls();
+    restoreSession();
   },
   (err) => {
     showError(err);

@@ -168,10 +168,26 @@ export async function openApp() {
   page.setDefaultTimeout(STEP_TIMEOUT_MS);
   await page.goto(`${origin}/`);
   const consoleTail = () => `\n--- console (last lines) ---\n${log.slice(-40).join('\n')}`;
+  await started(page, consoleTail);
+  return { page, log: consoleTail };
+}
+
+/**
+ * Waits until a (re)loaded page has started and has brought back the session this browser kept
+ * (an earlier page of the same test file leaves one), so the test starts from a settled page.
+ */
+export async function started(page, log = () => '') {
   await page.waitForFunction(() => window.insitu?.state.ready || window.insitu?.state.error);
   const error = await page.evaluate(() => window.insitu.state.error);
-  assert.equal(error, null, `the page did not start: ${error}${consoleTail()}`);
-  return { page, log: consoleTail };
+  assert.equal(error, null, `the page did not start: ${error}${log()}`);
+  await page.waitForFunction(() => window.insitu.state.restored !== false && !window.insitu.state.running, null, { polling: 100 });
+}
+
+/** Presses "Clear everything from this browser" and waits until the page says it cleared. */
+export async function clearBrowser(page) {
+  await page.click('[data-testid=clear-storage]');
+  await page.waitForFunction(() => /Cleared from this browser/.test(document.querySelector('[data-testid=storage-note]').textContent));
+  return page.textContent('[data-testid=storage-note]');
 }
 
 /** Waits until the page is idle again; returns its state's error (null when none). */

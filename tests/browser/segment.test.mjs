@@ -16,6 +16,7 @@ import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import {
   assertSameOrigin,
+  clearBrowser,
   closeShared,
   dropFiles,
   failIfMissing,
@@ -150,8 +151,14 @@ test('a garbage file shows an error and the page stays usable', { timeout: 10 * 
 
 test('a model file that fails to download or fails its checksum shows an error', { timeout: 10 * 60_000 }, async () => {
   requirements({ volumes: false });
+  // The model ran above, so this browser keeps it for offline use, and a service worker serves it:
+  // Playwright's routes never see what a service worker answers. Clear that first.
+  const first = await openApp();
+  await clearBrowser(first.page);
+  await first.page.close();
   const { page, log } = await openApp();
   const { origin, requests } = sharedSession();
+  assert.equal(await page.evaluate(() => navigator.serviceWorker.controller), null, 'no service worker serves this page');
 
   await page.click('[data-testid=load-sample]');
   assert.equal(await idle(page), null, `the sample did not load${log()}`);
