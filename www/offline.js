@@ -246,7 +246,6 @@ export class Offline {
     const missing = this.models.filter((m) => !kept.has(m.id));
     const bytes = missing.flatMap((m) => m.files).reduce((sum, f) => sum + (f.bytes || 0), 0);
     all.hidden = this.state !== 'ready' || missing.length === 0;
-    all.disabled = !navigator.onLine;
     all.textContent = `Make all models available offline (${missing.length} more, ${formatMegabytes(bytes)} to download)`;
     keepOn.hidden = this.state !== 'off';
     note.textContent = this.note;

@@ -35,22 +35,30 @@ const request = (req) =>
     req.onerror = () => reject(req.error);
   });
 
-function formatMegabytes(bytes) {
-  return `${(bytes / 1e6).toFixed(1)} MB`;
+function formatBytes(bytes) {
+  return bytes >= 1e9 ? `${(bytes / 1e9).toFixed(1)} GB` : `${(bytes / 1e6).toFixed(1)} MB`;
 }
 
-/** A sentence saying why the browser refused to store, with the room left when it can tell. */
-async function refusal(err) {
+/** The bytes of the typed arrays in `value`, roughly what storing it takes. */
+function sizeOf(value) {
+  if (ArrayBuffer.isView(value)) return value.byteLength;
+  if (Array.isArray(value)) return value.reduce((sum, v) => sum + sizeOf(v), 0);
+  if (value && typeof value === 'object') return Object.values(value).reduce((sum, v) => sum + sizeOf(v), 0);
+  return 0;
+}
+
+/** A sentence saying why the browser refused to store `bytes`, with the room it reports. */
+async function refusal(err, bytes) {
   const name = err?.name ?? 'Error';
   if (name === 'QuotaExceededError') {
     let room = '';
     try {
       const { usage, quota } = await navigator.storage.estimate();
-      room = ` (this site uses ${formatMegabytes(usage)} of the ${formatMegabytes(quota)} it may use)`;
+      room = `; the browser reports ${formatBytes(usage)} used of the ${formatBytes(quota)} this site may use`;
     } catch {
-      // No estimate: say it without numbers.
+      // No estimate: say it without those numbers.
     }
-    return `This browser has no room left to keep the session${room}`;
+    return `This browser has no room left to keep the session (${formatBytes(bytes)} to store${room})`;
   }
   return `This browser could not keep the session (${name}: ${err?.message ?? err})`;
 }
@@ -124,13 +132,17 @@ export class SessionStore {
     if (!state.input) return; // nothing opened yet: keep what is stored (only Clear deletes it)
     const runs = [...state.runs.values()];
     const what = { input: state.input, reference: state.reference ?? null };
+    let bytes = sizeOf(runs);
     try {
       const db = await this.open();
       const tx = db.transaction(STORE, 'readwrite');
       const store = tx.objectStore(STORE);
       // The volume and the reference are large and change rarely: written when they change.
-      if (what.input !== this.saved.input) store.put(what.input, 'input');
-      if (what.reference !== this.saved.reference) store.put(what.reference, 'reference');
+      for (const key of ['input', 'reference']) {
+        if (what[key] === this.saved[key]) continue;
+        store.put(what[key], key);
+        bytes += sizeOf(what[key]);
+      }
       store.put(runs, 'runs');
       store.put({ evalSettings: state.evalSettings, selected: state.result?.id ?? null, savedAt: Date.now() }, 'meta');
       await new Promise((resolve, reject) => {
@@ -141,7 +153,7 @@ export class SessionStore {
       this.onStatus({ ok: true, text: this.describe(state, runs) });
     } catch (err) {
       this.saved = { input: undefined, reference: undefined }; // write everything next time
-      const why = await refusal(err);
+      const why = await refusal(err, bytes);
       console.warn('insitu:', why, err);
       this.onStatus({
         ok: false,
