@@ -7,7 +7,7 @@
 // checks it on every visit while online), which fills its own cache, takes over and deletes the
 // older ones. Model and sample files live in `insitu-files`, keyed by sha256 (www/offline-cache.js).
 //
-//   install   fetches every app file (bypassing the HTTP cache), checks its sha256, caches it;
+//   install   fetches every app file (revalidating the HTTP cache), checks its sha256, caches it;
 //             the samples too when the host serves them (best effort); then takes over at once
 //   activate  deletes other builds' caches and file entries no build lists, claims the pages
 //   fetch     app files and known model/sample files from the cache, else from the network; a
@@ -32,7 +32,9 @@ async function precache() {
     await Promise.all(
       BUILD.app.map(async (f) => {
         const url = new URL(f.path, scope).href;
-        await putVerified(cache, url, await fetch(url, { cache: 'no-store' }), f.sha256, f.path);
+        // Revalidated, not refetched: what the page just loaded comes from the HTTP cache (the
+        // server answers 304); the sha256 check says whether it is this build's file.
+        await putVerified(cache, url, await fetch(url, { cache: 'no-cache' }), f.sha256, f.path);
       }),
     );
   } catch (err) {
@@ -44,7 +46,7 @@ async function precache() {
     const key = fileKey(scope, f.path, f.sha256);
     if (await files.match(key)) continue;
     try {
-      await putVerified(files, key, await fetch(new URL(f.path, scope), { cache: 'no-store' }), f.sha256, f.path);
+      await putVerified(files, key, await fetch(new URL(f.path, scope), { cache: 'no-cache' }), f.sha256, f.path);
     } catch (err) {
       console.warn(`insitu: the sample ${f.path} is not kept for offline use (${err.message ?? err})`);
     }

@@ -14,7 +14,8 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   DIST,
@@ -52,7 +53,7 @@ function builtServiceWorker() {
   return JSON.parse(JSON.parse(literal[1]));
 }
 
-const offlineState = (page) => page.getAttribute('[data-testid=offline-status]', 'data-state');
+const context = () => sharedSession().context;
 const keptModels = async (page) => ((await page.getAttribute('[data-testid=offline-status]', 'data-models')) ?? '').split(',').filter(Boolean);
 
 /** Runs `model` on the CPU (head box) on the loaded volume; returns the run's labels as base64. */
@@ -90,16 +91,18 @@ async function evaluate(page, reference, log) {
 /** Stops the page's server (the browser keeps its origin: the next server listens on the same port). */
 async function stopServer() {
   const shared = sharedSession();
-  const exited = new Promise((resolve) => shared.server.once('exit', resolve));
-  shared.server.kill();
-  await exited;
+  if (shared.server.exitCode === null && shared.server.signalCode === null) {
+    const exited = new Promise((resolve) => shared.server.once('exit', resolve));
+    shared.server.kill();
+    await exited;
+  }
   await assert.rejects(fetch(`${shared.origin}/`), 'the server is down');
 }
 
-async function startServer() {
+async function startServer(root = DIST) {
   const shared = sharedSession();
   const port = new URL(shared.origin).port;
-  const server = spawn(process.execPath, [join(ROOT, 'scripts/serve.mjs'), port, DIST], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const server = spawn(process.execPath, [join(ROOT, 'scripts/serve.mjs'), port, root], { stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise((resolve, reject) => {
     server.stdout.on('data', (chunk) => /serving/.test(String(chunk)) && resolve());
     server.on('exit', (code) => reject(new Error(`scripts/serve.mjs exited (${code}) before listening on ${port}`)));
@@ -205,4 +208,42 @@ test('after one visit the page works offline: sample, a model that ran, evaluati
 
   assertSameOrigin(requests, origin);
   await page.close();
+});
+
+test('a new build, served online, replaces the cached app: a new cache, the old one deleted, the open page told to reload', { timeout: 10 * 60_000 }, async () => {
+  requirements();
+  const build = builtServiceWorker();
+  // The same files under another build version: what a rebuild with any change looks like to the browser.
+  const next = mkdtempSync(join(tmpdir(), 'insitu-next-build-'));
+  try {
+    cpSync(DIST, next, { recursive: true, filter: (src) => !src.startsWith(join(DIST, 'assets')) });
+    symlinkSync(join(DIST, 'assets'), join(next, 'assets'));
+    const version = 'feed' + build.version.slice(4);
+    const sw = readFileSync(join(DIST, 'sw.js'), 'utf8');
+    writeFileSync(join(next, 'sw.js'), sw.replace(`\\"version\\":\\"${build.version}\\"`, `\\"version\\":\\"${version}\\"`));
+    assert.notEqual(readFileSync(join(next, 'sw.js'), 'utf8'), sw, 'the next build has another version');
+    // scripts/serve.mjs would send the old worker's precompressed copies (scripts/precompress.mjs).
+    for (const copy of ['sw.js.br', 'sw.js.gz']) rmSync(join(next, copy), { force: true });
+
+    const { page, log } = await openApp();
+    await page.waitForFunction(() => document.querySelector('[data-testid=offline-status]').dataset.state === 'ready');
+    assert.ok(await page.evaluate(() => Boolean(navigator.serviceWorker.controller)), 'the page is served by the service worker');
+    assert.ok((await page.evaluate(() => caches.keys())).includes(`insitu-app-${build.version}`));
+
+    await stopServer();
+    await startServer(next);
+    await context().setOffline(false);
+    await page.reload();
+    await started(page, log);
+    await page.waitForFunction(() => /A new version of insitu was installed/.test(document.querySelector('[data-testid=storage-note]').textContent));
+    // The page is handed to the new worker as it starts activating; it deletes the old cache then.
+    await page.waitForFunction(() => navigator.serviceWorker.controller?.state === 'activated', null, { polling: 100 });
+    const names = await page.evaluate(() => caches.keys());
+    assert.ok(names.includes(`insitu-app-${version}`), `the new build's cache: ${names}`);
+    assert.ok(!names.includes(`insitu-app-${build.version}`), `the old build's cache is deleted: ${names}`);
+    assert.ok(names.includes('insitu-files'), 'the kept models stay');
+    await page.close();
+  } finally {
+    rmSync(next, { recursive: true, force: true });
+  }
 });
