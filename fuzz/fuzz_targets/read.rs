@@ -7,7 +7,9 @@ fuzz_target!(|data: &[u8]| {
     let Some((&hint, bytes)) = data.split_first() else {
         return;
     };
-    let names = ["x", "x.mgz", "x.mgh", "x.nii", "x.nii.gz", "x.nrrd", "x.mha", "x.dcm"];
+    let names = [
+        "x", "x.mgz", "x.mgh", "x.nii", "x.nii.gz", "x.nrrd", "x.mha", "x.dcm",
+    ];
     let name = names[usize::from(hint) % names.len()];
     if let Ok((v, format)) = volume::read_with_format(Some(name), bytes) {
         if let Ok(labels) = LabelMap::from_volume(&v) {
@@ -15,4 +17,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = volume::read(bytes);
+    // One file opened as its second volume, and the memory its header says it needs.
+    let _ = volume::open_files(&[(name.to_string(), bytes.to_vec())], None, Some(1));
+    let _ = volume::memory_need(Some(name), bytes, bytes.len() as u64);
 });

@@ -20,7 +20,7 @@
 
 use super::bounded::{check_grid, cross, dot, geometry_from_lps, norm};
 use super::nifti::MAX_VOXELS;
-use super::{Volume, VolumeError};
+use super::{pick_volume, Geometry, Volume, VolumeChoice, VolumeError};
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_core::value::Value as DicomValue;
 use dicom_core::{Tag, VR};
@@ -44,7 +44,7 @@ const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
 const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
 
 /// One series found among the files.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct SeriesInfo {
     /// SeriesInstanceUID (may be empty in anonymized data); the key for [`read_series`].
     pub uid: String,
@@ -53,12 +53,22 @@ pub struct SeriesInfo {
     pub modality: String,
     /// Names of the files of the series.
     pub files: Vec<String>,
-    /// Grid: columns, rows, frames (slices) over all files.
+    /// Grid of one volume: columns, rows, slices (all frames of the series when it cannot be
+    /// placed as volumes, see `problem`).
     pub dims: [usize; 3],
+    /// Frames (slices) over all files: `dims[2]` times the number of volumes.
+    pub frames: usize,
+    /// The volumes at the same slice positions (one for a 3-D series), in the order
+    /// [`read_series_volume`] numbers them; empty when `problem` says why there are none.
+    pub volumes: Vec<VolumeChoice>,
+    /// Bytes of pixel data the files hold, uncompressed (all volumes).
+    pub stored_bytes: u64,
+    /// Why the series cannot be read (e.g. uneven slices), found from the headers alone.
+    pub problem: Option<String>,
 }
 
 /// The series in a set of files and the files that are not DICOM images.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct SeriesList {
     pub series: Vec<SeriesInfo>,
     /// Names of the files that were skipped (not DICOM, DICOMDIR, no pixel data, ...), each with
@@ -71,53 +81,154 @@ pub fn is_dicom(bytes: &[u8]) -> bool {
     bytes.get(128..132) == Some(b"DICM")
 }
 
-/// Reads one DICOM file (a single slice or a multi-frame image) as a volume.
+/// Reads one DICOM file (a single slice or a multi-frame image) as a volume; of a multi-frame
+/// file holding several volumes, the first (see [`read_dicom_volume`]).
 pub fn read_dicom(bytes: &[u8]) -> Result<Volume, VolumeError> {
-    let inst = Instance::parse("", bytes, true)?;
-    assemble(&[inst])
+    Ok(read_dicom_volume(bytes, None)?.0)
+}
+
+/// Reads volume `volume` (default the first) of one DICOM file, with the list of the volumes
+/// it holds and the index of the one read.
+pub fn read_dicom_volume(
+    bytes: &[u8],
+    volume: Option<usize>,
+) -> Result<(Volume, Vec<VolumeChoice>, usize), VolumeError> {
+    let inst = Instance::parse("", bytes, bytes.len() as u64).map_err(VolumeError::from)?;
+    read_planned(&[&inst], &[bytes], volume)
+}
+
+/// The first bytes of a file (or all of it), for listing series from headers alone.
+#[derive(Clone, Debug)]
+pub struct FileHead {
+    pub name: String,
+    /// The file's first bytes, e.g. `File.slice(0, HEAD_BYTES)`; the whole file when shorter.
+    pub bytes: Vec<u8>,
+    /// The file's size in bytes.
+    pub size: u64,
+}
+
+/// Bytes of a file's start that hold the header of most DICOM files (PixelData comes after
+/// the header; Siemens' private CSA headers can push it beyond 64 KiB, see
+/// [`HeadListing::need_more`]).
+pub const HEAD_BYTES: usize = 64 << 10;
+
+/// The series found in the heads of files, and the files whose header runs past the bytes given.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct HeadListing {
+    /// The series of every file whose header was complete, and the files skipped.
+    pub list: SeriesList,
+    /// Files whose header (everything before PixelData) goes on beyond the bytes given: call
+    /// [`list_series_heads`] again with more of each (e.g. 4x as many bytes, or the whole file)
+    /// and every other file as before; the list is then the one [`list_series`] gives.
+    pub need_more: Vec<String>,
 }
 
 /// Lists the image series among `files` (name, bytes). Files that are not DICOM images are
 /// skipped and listed in [`SeriesList::skipped`]; a file that is DICOM but broken is an error.
+/// Only headers are read: pixel data is neither decoded nor copied.
 pub fn list_series(files: &[(String, Vec<u8>)]) -> Result<SeriesList, VolumeError> {
-    let mut series: Vec<SeriesInfo> = Vec::new();
+    let heads = files
+        .iter()
+        .map(|(name, bytes)| (name.as_str(), bytes.as_slice(), bytes.len() as u64));
+    Ok(list_impl(heads)?.list)
+}
+
+/// Lists the image series from the first bytes of each file ([`FileHead`]): the same list as
+/// [`list_series`] on the whole files, except that files whose header is longer than the bytes
+/// given are named in [`HeadListing::need_more`] instead.
+pub fn list_series_heads(heads: &[FileHead]) -> Result<HeadListing, VolumeError> {
+    list_impl(
+        heads
+            .iter()
+            .map(|h| (h.name.as_str(), h.bytes.as_slice(), h.size)),
+    )
+}
+
+fn list_impl<'a>(
+    heads: impl Iterator<Item = (&'a str, &'a [u8], u64)>,
+) -> Result<HeadListing, VolumeError> {
+    let mut groups: Vec<(String, Vec<Instance>)> = Vec::new();
     let mut skipped = Vec::new();
-    for (name, bytes) in files {
-        let inst = match classify(name, bytes, false)? {
-            Ok(inst) => inst,
-            Err(reason) => {
-                skipped.push((name.clone(), reason));
+    let mut need_more = Vec::new();
+    for (name, bytes, size) in heads {
+        let inst = match classify(name, bytes, size)? {
+            Parsed::Image(inst) => inst,
+            Parsed::Skip(reason) => {
+                skipped.push((name.to_string(), reason));
+                continue;
+            }
+            Parsed::NeedMore => {
+                need_more.push(name.to_string());
                 continue;
             }
         };
-        let frames = inst.frames.len();
-        match series.iter_mut().find(|s| s.uid == inst.series_uid) {
-            Some(s) => {
-                s.dims[2] += frames;
-                s.files.push(name.clone());
-            }
-            None => series.push(SeriesInfo {
-                uid: inst.series_uid.clone(),
-                description: inst.description.clone(),
-                number: inst.series_number,
-                modality: inst.modality.clone(),
-                files: vec![name.clone()],
-                dims: [usize::from(inst.cols), usize::from(inst.rows), frames],
-            }),
+        match groups.iter_mut().find(|(uid, _)| *uid == inst.series_uid) {
+            Some((_, list)) => list.push(inst),
+            None => groups.push((inst.series_uid.clone(), vec![inst])),
         }
     }
+    let mut series: Vec<SeriesInfo> = groups
+        .iter()
+        .map(|(uid, instances)| series_info(uid, instances))
+        .collect();
     series.sort_by(|a, b| a.number.cmp(&b.number).then_with(|| a.uid.cmp(&b.uid)));
-    Ok(SeriesList { series, skipped })
+    Ok(HeadListing {
+        list: SeriesList { series, skipped },
+        need_more,
+    })
+}
+
+fn series_info(uid: &str, instances: &[Instance]) -> SeriesInfo {
+    let first = &instances[0];
+    let frames: usize = instances.iter().map(|i| i.frames.len()).sum();
+    let stored_bytes = instances
+        .iter()
+        .map(|i| (i.frames.len() * i.frame_pixels()) as u64 * u64::from(i.bits_allocated) / 8)
+        .sum();
+    let refs: Vec<&Instance> = instances.iter().collect();
+    let (dims, volumes, problem) = match plan(&refs) {
+        Ok(p) => (p.dims, p.choices, None),
+        Err(e) => (
+            [usize::from(first.cols), usize::from(first.rows), frames],
+            Vec::new(),
+            Some(e.to_string()),
+        ),
+    };
+    SeriesInfo {
+        uid: uid.to_string(),
+        description: first.description.clone(),
+        number: first.series_number,
+        modality: first.modality.clone(),
+        files: instances.iter().map(|i| i.name.clone()).collect(),
+        dims,
+        frames,
+        volumes,
+        stored_bytes,
+        problem,
+    }
 }
 
 /// Reads the series with SeriesInstanceUID `uid` from `files` as one volume (other files are
-/// ignored).
+/// ignored); of a series holding several volumes, the first (see [`read_series_volume`]).
 pub fn read_series(files: &[(String, Vec<u8>)], uid: &str) -> Result<Volume, VolumeError> {
+    Ok(read_series_volume(files, uid, None)?.0)
+}
+
+/// Reads volume `volume` (default the first, in dcm2niix's order) of the series with
+/// SeriesInstanceUID `uid`, with the list of its volumes and the index of the one read. Only the
+/// chosen volume's pixel data is decoded, one file at a time, into the output.
+pub fn read_series_volume(
+    files: &[(String, Vec<u8>)],
+    uid: &str,
+    volume: Option<usize>,
+) -> Result<(Volume, Vec<VolumeChoice>, usize), VolumeError> {
     let mut instances = Vec::new();
-    for (name, bytes) in files {
-        if let Ok(inst) = classify(name, bytes, true)? {
+    let mut bytes = Vec::new();
+    for (name, b) in files {
+        if let Parsed::Image(inst) = classify(name, b, b.len() as u64)? {
             if inst.series_uid == uid {
                 instances.push(inst);
+                bytes.push(b.as_slice());
             }
         }
     }
@@ -127,22 +238,32 @@ pub fn read_series(files: &[(String, Vec<u8>)], uid: &str) -> Result<Volume, Vol
             files.len()
         )));
     }
-    assemble(&instances)
+    let refs: Vec<&Instance> = instances.iter().collect();
+    read_planned(&refs, &bytes, volume)
 }
 
-/// Parses a file of a folder: Ok(Ok(instance)) for an image, Ok(Err(reason)) for a file to skip
-/// (not DICOM, or DICOM without pixel data such as a DICOMDIR), Err for a broken DICOM image.
-fn classify(
-    name: &str,
-    bytes: &[u8],
-    pixels: bool,
-) -> Result<Result<Instance, String>, VolumeError> {
-    if !is_dicom(bytes) {
-        return Ok(Err("not a DICOM file".into()));
+/// What a file of a folder is.
+enum Parsed {
+    Image(Instance),
+    /// Not DICOM, or DICOM without pixel data such as a DICOMDIR: skipped, with the reason.
+    Skip(String),
+    /// Only the first bytes were given and the header goes on past them.
+    NeedMore,
+}
+
+/// Parses a file's header (`bytes` may be the first bytes of a file of `size` bytes); Err for
+/// a broken DICOM image.
+fn classify(name: &str, bytes: &[u8], size: u64) -> Result<Parsed, VolumeError> {
+    if bytes.len() >= 132 && !is_dicom(bytes) {
+        return Ok(Parsed::Skip("not a DICOM file".into()));
     }
-    match Instance::parse(name, bytes, pixels) {
-        Ok(inst) => Ok(Ok(inst)),
-        Err(Skip::NotImage(reason)) => Ok(Err(reason)),
+    if bytes.len() < 132 && bytes.len() as u64 == size {
+        return Ok(Parsed::Skip("not a DICOM file".into()));
+    }
+    match Instance::parse(name, bytes, size) {
+        Ok(inst) => Ok(Parsed::Image(inst)),
+        Err(Skip::NotImage(reason)) => Ok(Parsed::Skip(reason)),
+        Err(Skip::NeedMore) => Ok(Parsed::NeedMore),
         Err(Skip::Error(e)) => Err(with_file(e, name)),
     }
 }
@@ -151,6 +272,8 @@ fn classify(
 enum Skip {
     /// Valid DICOM, but not an image (DICOMDIR, structured report, ...).
     NotImage(String),
+    /// The bytes given end inside the header.
+    NeedMore,
     Error(VolumeError),
 }
 
@@ -165,6 +288,7 @@ impl From<Skip> for VolumeError {
         match s {
             Skip::Error(e) => e,
             Skip::NotImage(reason) => VolumeError::NotRecognized(reason),
+            Skip::NeedMore => VolumeError::Truncated("the DICOM header is cut off".into()),
         }
     }
 }
@@ -254,6 +378,11 @@ enum Enc {
 
 struct Scan<'a> {
     b: &'a [u8],
+    /// Stop at the top-level PixelData element instead of walking it (header-only reading).
+    stop_at_pixels: bool,
+    /// The top-level PixelData element: where it starts, where its value starts, and its
+    /// length (`UNDEFINED` for encapsulated data).
+    pixels: std::cell::Cell<Option<(usize, usize, u32)>>,
 }
 
 const UNDEFINED: u32 = 0xFFFF_FFFF;
@@ -410,6 +539,12 @@ impl Scan<'_> {
                 }
                 _ => {}
             }
+            if depth == 0 && !item && h.tag == (0x7FE0, 0x0010) {
+                self.pixels.set(Some((pos, start, h.len)));
+                if self.stop_at_pixels {
+                    return Ok(pos);
+                }
+            }
             if h.len == UNDEFINED {
                 if h.tag == (0x7FE0, 0x0010) {
                     pos = self.fragments(start, end, enc)?;
@@ -520,13 +655,34 @@ fn check_value_multiple(h: &Head) -> Result<(), VolumeError> {
     )))
 }
 
-/// Checks the structure of a DICOM file and returns its transfer syntax UID.
-fn prescan(bytes: &[u8]) -> Result<String, VolumeError> {
-    let scan = Scan { b: bytes };
+/// What the structure check found.
+struct Prescan {
+    ts: String,
+    /// The top-level PixelData element: its start, its value's start and its length
+    /// (`UNDEFINED` when encapsulated); None when the data set has none (or, header-only, when
+    /// the bytes end before it).
+    pixels: Option<(usize, usize, u32)>,
+}
+
+/// Checks the structure of a DICOM file and returns its transfer syntax UID and where its
+/// pixel data is. With `header_only`, the walk stops at the top-level PixelData element: only
+/// what comes before it must be in `bytes` (the first bytes of a file are enough).
+fn prescan(bytes: &[u8], header_only: bool) -> Result<Prescan, VolumeError> {
+    let scan = Scan {
+        b: bytes,
+        stop_at_pixels: header_only,
+        pixels: std::cell::Cell::new(None),
+    };
     let mut pos = 132usize;
     let mut ts = None;
     loop {
         if pos + 4 > bytes.len() {
+            if ts.is_none() {
+                return Err(VolumeError::Truncated(format!(
+                    "the DICOM file meta information is cut off at byte {}",
+                    bytes.len()
+                )));
+            }
             break;
         }
         let group = scan.u16(pos, Enc::ExplicitLe).unwrap_or(0);
@@ -568,7 +724,10 @@ fn prescan(bytes: &[u8]) -> Result<String, VolumeError> {
         _ => Enc::ExplicitLe,
     };
     scan.dataset(pos, bytes.len(), enc, 0, false)?;
-    Ok(ts)
+    Ok(Prescan {
+        ts,
+        pixels: scan.pixels.get(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -583,12 +742,29 @@ struct Frame {
     spacing: Option<[f64; 2]>,
     slope: f64,
     intercept: f64,
+    /// What tells volumes at the same position apart (see [`VolumeChoice`]).
+    tags: FrameTags,
+}
+
+/// The attributes that tell the volumes of a 4-D series apart, per frame.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct FrameTags {
+    instance: Option<i64>,
+    echo_number: Option<i64>,
+    echo_time_ms: Option<f64>,
+    b_value: Option<f64>,
+    gradient: Option<[f64; 3]>,
+    acquisition: Option<i64>,
+    temporal_position: Option<i64>,
+    trigger_time_ms: Option<f64>,
 }
 
 struct Instance {
     name: String,
-    obj: DefaultDicomObject,
     ts: String,
+    /// The top-level PixelData element: its start, its value's start, its length (`UNDEFINED`
+    /// when encapsulated).
+    pixel_data: (usize, usize, u32),
     series_uid: String,
     description: String,
     series_number: Option<i64>,
@@ -635,10 +811,79 @@ fn arr<const N: usize>(v: Option<Vec<f64>>) -> Option<[f64; N]> {
     v.and_then(|v| v.get(..N).and_then(|s| s.try_into().ok()))
 }
 
+impl FrameTags {
+    /// The attributes of a classic (one frame per file) image.
+    fn top_level(obj: &InMemDicomObject) -> FrameTags {
+        // Siemens keeps the b-value and gradient of classic DWI in its private block
+        // (0019,10xx) when the creator (0019,0010) is "SIEMENS MR HEADER".
+        let siemens = text(obj, Tag(0x0019, 0x0010)).is_some_and(|c| c == "SIEMENS MR HEADER");
+        FrameTags {
+            instance: int(obj, tags::INSTANCE_NUMBER),
+            echo_number: int(obj, tags::ECHO_NUMBERS),
+            echo_time_ms: float(obj, tags::ECHO_TIME),
+            b_value: float(obj, Tag(0x0018, 0x9087))
+                .or_else(|| siemens.then(|| float(obj, Tag(0x0019, 0x100C))).flatten()),
+            gradient: arr::<3>(floats(obj, Tag(0x0018, 0x9089))).or_else(|| {
+                siemens
+                    .then(|| arr::<3>(floats(obj, Tag(0x0019, 0x100E))))
+                    .flatten()
+            }),
+            acquisition: int(obj, tags::ACQUISITION_NUMBER),
+            temporal_position: int(obj, tags::TEMPORAL_POSITION_IDENTIFIER),
+            trigger_time_ms: float(obj, tags::TRIGGER_TIME),
+        }
+    }
+
+    /// An enhanced multi-frame image's values for one frame (its per-frame functional group,
+    /// else the shared one) over the top-level ones.
+    fn per_frame(
+        mut self,
+        frame: Option<&InMemDicomObject>,
+        shared: Option<&InMemDicomObject>,
+    ) -> FrameTags {
+        let groups = [frame, shared];
+        let find = |seq: Tag, tag: Tag| -> Option<Vec<f64>> {
+            groups
+                .iter()
+                .flatten()
+                .find_map(|g| first_item(g, seq).and_then(|i| floats(i, tag)))
+        };
+        let first = |v: Option<Vec<f64>>| v.and_then(|v| v.first().copied());
+        if let Some(te) = first(find(Tag(0x0018, 0x9114), Tag(0x0018, 0x9082))) {
+            self.echo_time_ms = Some(te);
+        }
+        if let Some(b) = first(find(Tag(0x0018, 0x9117), Tag(0x0018, 0x9087))) {
+            self.b_value = Some(b);
+        }
+        let gradient = groups.iter().flatten().find_map(|g| {
+            let diffusion = first_item(g, Tag(0x0018, 0x9117))?;
+            let direction = first_item(diffusion, Tag(0x0018, 0x9076))?;
+            arr::<3>(floats(direction, Tag(0x0018, 0x9089)))
+        });
+        if gradient.is_some() {
+            self.gradient = gradient;
+        }
+        if let Some(t) = first(find(Tag(0x0020, 0x9111), Tag(0x0020, 0x9128))) {
+            self.temporal_position = Some(t as i64);
+        }
+        if let Some(t) = first(find(Tag(0x0018, 0x9118), Tag(0x0020, 0x9153))) {
+            self.trigger_time_ms = Some(t);
+        }
+        self
+    }
+}
+
 impl Instance {
-    fn parse(name: &str, bytes: &[u8], pixels: bool) -> Result<Instance, Skip> {
-        if bytes.is_empty() {
+    /// Reads the header of a DICOM file: every element before PixelData, which is neither
+    /// decoded nor copied. `bytes` may be the first bytes of a file of `size` bytes: when the
+    /// header runs past them the answer is [`Skip::NeedMore`].
+    fn parse(name: &str, bytes: &[u8], size: u64) -> Result<Instance, Skip> {
+        let prefix = (bytes.len() as u64) < size;
+        if bytes.is_empty() && !prefix {
             return Err(VolumeError::NotRecognized("the file is empty".into()).into());
+        }
+        if bytes.len() < 132 && prefix {
+            return Err(Skip::NeedMore);
         }
         if !is_dicom(bytes) {
             return Err(VolumeError::NotRecognized(
@@ -646,20 +891,24 @@ impl Instance {
             )
             .into());
         }
-        let ts = prescan(bytes)?;
-        let options = OpenFileOptions::new().read_preamble(ReadPreamble::Always);
-        let options = if pixels {
-            options
-        } else {
-            options.read_until(tags::PIXEL_DATA)
+        let scan = match prescan(bytes, true) {
+            Err(VolumeError::Truncated(_)) if prefix => return Err(Skip::NeedMore),
+            other => other?,
         };
-        let obj = options
-            .from_reader(bytes)
+        let header = match scan.pixels {
+            Some((_, value, _)) => bytes.get(..value).unwrap_or(bytes),
+            None if prefix => return Err(Skip::NeedMore),
+            None => bytes,
+        };
+        let obj = OpenFileOptions::new()
+            .read_preamble(ReadPreamble::Always)
+            .read_until(tags::PIXEL_DATA)
+            .from_reader(header)
             .map_err(|e| broken(format!("DICOM parse error: {}", snafu_chain(&e))))?;
-        let has_pixels = !pixels || obj.get(tags::PIXEL_DATA).is_some();
+        let ts = scan.ts;
         let rows = int(&obj, tags::ROWS);
         let cols = int(&obj, tags::COLUMNS);
-        let (Some(rows), Some(cols), true) = (rows, cols, has_pixels) else {
+        let (Some(rows), Some(cols), Some(pixel_data)) = (rows, cols, scan.pixels) else {
             let what = if obj.get(tags::DIRECTORY_RECORD_SEQUENCE).is_some() {
                 "a DICOMDIR".to_string()
             } else {
@@ -740,11 +989,10 @@ impl Instance {
         } else {
             8 // a compressed frame needs at least an item header
         };
-        if nframes > 1 && nframes.saturating_mul(frame_bytes) > bytes.len() {
+        if nframes > 1 && nframes.saturating_mul(frame_bytes) as u64 > size {
             return Err(VolumeError::Truncated(format!(
                 "NumberOfFrames is {nframes} ({rows}x{cols} pixels of {bits_allocated} bits) \
-                 but the file has only {} bytes",
-                bytes.len()
+                 but the file has only {size} bytes"
             ))
             .into());
         }
@@ -779,8 +1027,10 @@ impl Instance {
             .or_else(|| float(&obj, tags::SPACING_BETWEEN_SLICES))
             .or(gap)
             .filter(|t| *t > 0.0);
+        let top_tags = FrameTags::top_level(&obj);
         let mut frames = Vec::with_capacity(nframes.min(4096));
         for f in 0..nframes {
+            let tags = top_tags.clone().per_frame(per_frame.get(f), shared);
             let orientation = arr::<6>(group_attr(
                 f,
                 tags::PLANE_ORIENTATION_SEQUENCE,
@@ -832,18 +1082,16 @@ impl Instance {
                 spacing,
                 slope,
                 intercept,
+                tags,
             });
-        }
-        if pixels {
-            pixel_codec(&ts)?;
         }
         Ok(Instance {
             name: name.to_string(),
+            pixel_data,
             series_uid: text(&obj, tags::SERIES_INSTANCE_UID).unwrap_or_default(),
             description: text(&obj, tags::SERIES_DESCRIPTION).unwrap_or_default(),
             series_number: int(&obj, tags::SERIES_NUMBER),
             modality: text(&obj, tags::MODALITY).unwrap_or_default(),
-            obj,
             ts,
             rows,
             cols,
@@ -867,121 +1115,168 @@ impl Instance {
         usize::from(self.rows) * usize::from(self.cols)
     }
 
-    /// All frames' stored values (before rescaling) in file order.
-    fn decode(&self) -> Result<Vec<Vec<f32>>, VolumeError> {
+    /// The file's pixel data, ready to decode frame by frame: native little-endian samples
+    /// straight from `bytes` (no copy); big-endian or encapsulated data through dicom-rs,
+    /// after the structure check of the whole file.
+    fn pixels<'a>(&self, bytes: &'a [u8]) -> Result<Pixels<'a>, VolumeError> {
         let n = self.frames.len();
         let px = self.frame_pixels();
         let codec = pixel_codec(&self.ts)?;
-        let element = self
-            .obj
-            .get(tags::PIXEL_DATA)
-            .ok_or_else(|| broken("the DICOM image has no PixelData (7FE0,0010)".into()))?;
-        let (bytes, bits): (std::borrow::Cow<[u8]>, u16) = match (codec, element.value()) {
-            (PixelCodec::Native, DicomValue::Primitive(p)) => (p.to_bytes(), self.bits_allocated),
-            (PixelCodec::Native, _) => {
+        let (at, value, len) = self.pixel_data;
+        let native_le = codec == PixelCodec::Native && self.ts != EXPLICIT_BE;
+        let samples: std::borrow::Cow<[u8]> = if native_le {
+            if len == UNDEFINED {
                 return Err(broken(
                     "the pixel data is encapsulated (compressed) but the transfer syntax is not"
                         .into(),
-                ))
+                ));
             }
-            (_, DicomValue::PixelSequence(seq)) => {
-                let fragments = seq.fragments();
-                let total: usize = fragments.iter().map(|f| f.len()).sum();
-                let decoded = n
-                    .saturating_mul(px)
-                    .saturating_mul(usize::from(self.bits_allocated.div_ceil(8)));
-                if decoded > total.saturating_mul(MAX_COMPRESSION_RATIO) + RATIO_ALLOWANCE {
-                    return Err(VolumeError::TooLarge(format!(
-                        "{n} frames of {}x{} pixels would expand from only {total} bytes of \
-                         {} data",
-                        self.cols,
-                        self.rows,
-                        transfer_syntax_name(&self.ts)
-                    )));
-                }
-                if fragments.len() < n && codec != PixelCodec::Fragments {
-                    return Err(VolumeError::Truncated(format!(
-                        "NumberOfFrames is {n} but the encapsulated pixel data has only {} \
-                         fragments",
-                        fragments.len()
-                    )));
-                }
-                for (i, fragment) in fragments.iter().enumerate() {
-                    check_codestream(codec, fragment, self.rows, self.cols, self.bits_allocated)
-                        .map_err(|m| broken(format!("pixel data fragment {i}: {m}")))?;
-                }
-                if self.bits_allocated == 1 {
-                    return Err(broken(
-                        "1-bit pixel data must not be compressed (BitsAllocated 1)".into(),
-                    ));
-                }
-                let mut out = Vec::with_capacity(n.min(4096));
-                for f in 0..n {
-                    let frame = self.obj.decode_pixel_data_frame(f as u32).map_err(|e| {
-                        broken(format!(
-                            "cannot decode frame {f} of the {} pixel data: {}",
-                            transfer_syntax_name(&self.ts),
-                            snafu_chain(&e)
+            let data = bytes
+                .get(value..)
+                .and_then(|rest| rest.get(..len as usize))
+                .ok_or_else(|| {
+                    VolumeError::Truncated(format!(
+                        "DICOM element (7FE0,0010) at byte {at} claims {len} bytes but only {} \
+                         remain",
+                        bytes.len().saturating_sub(value)
+                    ))
+                })?;
+            std::borrow::Cow::Borrowed(data)
+        } else {
+            prescan(bytes, false)?;
+            let obj = OpenFileOptions::new()
+                .read_preamble(ReadPreamble::Always)
+                .from_reader(bytes)
+                .map_err(|e| broken(format!("DICOM parse error: {}", snafu_chain(&e))))?;
+            // Native big-endian values (dicom-rs hands them over native-endian), or None for
+            // encapsulated data, checked before a codec sees it.
+            let native: Option<Vec<u8>> = {
+                let element = obj
+                    .get(tags::PIXEL_DATA)
+                    .ok_or_else(|| broken("the DICOM image has no PixelData (7FE0,0010)".into()))?;
+                match (codec, element.value()) {
+                    (PixelCodec::Native, DicomValue::Primitive(p)) => {
+                        Some(p.to_bytes().into_owned())
+                    }
+                    (PixelCodec::Native, _) => {
+                        return Err(broken(
+                            "the pixel data is encapsulated (compressed) but the transfer syntax \
+                             is not"
+                                .into(),
                         ))
-                    })?;
-                    let data = frame.data();
-                    let need = px * usize::from(self.bits_allocated / 8);
-                    let data = data.get(..need).ok_or_else(|| {
-                        VolumeError::Truncated(format!(
-                            "frame {f} decodes to {} bytes but {}x{} pixels of {} bits need \
-                             {need}",
-                            data.len(),
-                            self.cols,
-                            self.rows,
-                            self.bits_allocated
+                    }
+                    (_, DicomValue::PixelSequence(seq)) => {
+                        let fragments = seq.fragments();
+                        let total: usize = fragments.iter().map(|f| f.len()).sum();
+                        let decoded = n
+                            .saturating_mul(px)
+                            .saturating_mul(usize::from(self.bits_allocated.div_ceil(8)));
+                        if decoded > total.saturating_mul(MAX_COMPRESSION_RATIO) + RATIO_ALLOWANCE {
+                            return Err(VolumeError::TooLarge(format!(
+                                "{n} frames of {}x{} pixels would expand from only {total} bytes \
+                                 of {} data",
+                                self.cols,
+                                self.rows,
+                                transfer_syntax_name(&self.ts)
+                            )));
+                        }
+                        if fragments.len() < n && codec != PixelCodec::Fragments {
+                            return Err(VolumeError::Truncated(format!(
+                                "NumberOfFrames is {n} but the encapsulated pixel data has only \
+                                 {} fragments",
+                                fragments.len()
+                            )));
+                        }
+                        for (i, fragment) in fragments.iter().enumerate() {
+                            check_codestream(
+                                codec,
+                                fragment,
+                                self.rows,
+                                self.cols,
+                                self.bits_allocated,
+                            )
+                            .map_err(|m| broken(format!("pixel data fragment {i}: {m}")))?;
+                        }
+                        if self.bits_allocated == 1 {
+                            return Err(broken(
+                                "1-bit pixel data must not be compressed (BitsAllocated 1)".into(),
+                            ));
+                        }
+                        None
+                    }
+                    _ => {
+                        return Err(broken(
+                            "the DICOM PixelData element is not pixel data".into(),
                         ))
-                    })?;
-                    out.push(self.samples(data, false));
+                    }
                 }
-                return Ok(out);
-            }
-            _ => {
-                return Err(broken(
-                    "the DICOM PixelData element is not pixel data".into(),
-                ))
+            };
+            match native {
+                Some(b) => std::borrow::Cow::Owned(b),
+                None => return Ok(Pixels::Encapsulated(Box::new(obj))),
             }
         };
-        let big_endian = false; // dicom-rs hands over native-endian values
-        let frame_bits = px * usize::from(bits);
-        let need_bits = frame_bits.saturating_mul(n);
-        if need_bits.div_ceil(8) > bytes.len() {
+        let bits = self.bits_allocated;
+        let need_bits = (px * usize::from(bits)).saturating_mul(n);
+        if need_bits.div_ceil(8) > samples.len() {
             return Err(VolumeError::Truncated(format!(
                 "PixelData holds {} bytes but {n} frame(s) of {}x{} pixels at {bits} bits need {}",
-                bytes.len(),
+                samples.len(),
                 self.cols,
                 self.rows,
                 need_bits.div_ceil(8)
             )));
         }
-        let mut out = Vec::with_capacity(n.min(4096));
-        for f in 0..n {
-            if bits == 1 {
-                let start = f * frame_bits;
-                out.push(
-                    (start..start + frame_bits)
-                        .map(|b| {
-                            let byte = bytes.get(b / 8).copied().unwrap_or(0);
-                            f32::from((byte >> (b % 8)) & 1)
-                        })
-                        .collect(),
-                );
-            } else {
-                let size = frame_bits / 8;
-                let data = bytes.get(f * size..(f + 1) * size).unwrap_or_default();
-                out.push(self.samples(data, big_endian));
-            }
-        }
-        Ok(out)
+        Ok(Pixels::Native(samples))
     }
 
-    /// Converts stored samples (8, 16 or 32 bits) to values: the low BitsStored bits, sign-extended
-    /// when PixelRepresentation is 1.
-    fn samples(&self, data: &[u8], big_endian: bool) -> Vec<f32> {
+    /// Frame `f`'s stored values (before rescaling) into `out` (one frame of pixels).
+    fn decode_frame(&self, pixels: &Pixels, f: usize, out: &mut [f32]) -> Result<(), VolumeError> {
+        let px = self.frame_pixels();
+        match pixels {
+            Pixels::Native(bytes) => {
+                let frame_bits = px * usize::from(self.bits_allocated);
+                if self.bits_allocated == 1 {
+                    let start = f * frame_bits;
+                    for (o, b) in out.iter_mut().zip(start..start + frame_bits) {
+                        let byte = bytes.get(b / 8).copied().unwrap_or(0);
+                        *o = f32::from((byte >> (b % 8)) & 1);
+                    }
+                } else {
+                    let size = frame_bits / 8;
+                    let data = bytes.get(f * size..(f + 1) * size).unwrap_or_default();
+                    self.samples(data, out);
+                }
+                Ok(())
+            }
+            Pixels::Encapsulated(obj) => {
+                let frame = obj.decode_pixel_data_frame(f as u32).map_err(|e| {
+                    broken(format!(
+                        "cannot decode frame {f} of the {} pixel data: {}",
+                        transfer_syntax_name(&self.ts),
+                        snafu_chain(&e)
+                    ))
+                })?;
+                let data = frame.data();
+                let need = px * usize::from(self.bits_allocated / 8);
+                let data = data.get(..need).ok_or_else(|| {
+                    VolumeError::Truncated(format!(
+                        "frame {f} decodes to {} bytes but {}x{} pixels of {} bits need {need}",
+                        data.len(),
+                        self.cols,
+                        self.rows,
+                        self.bits_allocated
+                    ))
+                })?;
+                self.samples(data, out);
+                Ok(())
+            }
+        }
+    }
+
+    /// Converts stored little-endian samples (8, 16 or 32 bits) to values in `out`: the low
+    /// BitsStored bits, sign-extended when PixelRepresentation is 1.
+    fn samples(&self, data: &[u8], out: &mut [f32]) {
         let stored = u32::from(self.bits_stored);
         let shift = 32 - stored.min(32);
         let signed = self.signed;
@@ -995,31 +1290,31 @@ impl Instance {
             }
         };
         match self.bits_allocated {
-            8 => data.iter().map(|&b| fix(u32::from(b))).collect(),
-            16 => data
-                .chunks_exact(2)
-                .map(|c| {
-                    let a = [c[0], c[1]];
-                    fix(u32::from(if big_endian {
-                        u16::from_be_bytes(a)
-                    } else {
-                        u16::from_le_bytes(a)
-                    }))
-                })
-                .collect(),
-            _ => data
-                .chunks_exact(4)
-                .map(|c| {
-                    let a = [c[0], c[1], c[2], c[3]];
-                    fix(if big_endian {
-                        u32::from_be_bytes(a)
-                    } else {
-                        u32::from_le_bytes(a)
-                    })
-                })
-                .collect(),
+            8 => {
+                for (o, &b) in out.iter_mut().zip(data) {
+                    *o = fix(u32::from(b));
+                }
+            }
+            16 => {
+                for (o, c) in out.iter_mut().zip(data.chunks_exact(2)) {
+                    *o = fix(u32::from(u16::from_le_bytes([c[0], c[1]])));
+                }
+            }
+            _ => {
+                for (o, c) in out.iter_mut().zip(data.chunks_exact(4)) {
+                    *o = fix(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+                }
+            }
         }
     }
+}
+
+/// A file's pixel data, ready to decode frame by frame.
+enum Pixels<'a> {
+    /// Native little-endian samples of all frames.
+    Native(std::borrow::Cow<'a, [u8]>),
+    /// The whole file parsed by dicom-rs, for its codecs.
+    Encapsulated(Box<DefaultDicomObject>),
 }
 
 /// The full chain of a snafu error's messages.
@@ -1190,7 +1485,22 @@ fn packbits_len(segment: &[u8], limit: usize) -> usize {
 // ---------------------------------------------------------------------------------------------
 // Assembling a volume
 
-fn assemble(instances: &[Instance]) -> Result<Volume, VolumeError> {
+/// Frames closer than this along the slice normal (mm) are at the same position.
+const SAME_POSITION_MM: f64 = 1e-3;
+
+/// How a series' frames make volumes: the grid of one volume and, per volume, its frames.
+struct Plan {
+    dims: [usize; 3],
+    geometry: Geometry,
+    /// Per volume, its frames (instance, frame) in slice order.
+    volumes: Vec<Vec<(usize, usize)>>,
+    choices: Vec<VolumeChoice>,
+}
+
+/// Places every frame of the instances (headers alone): sorted along the slice normal, frames
+/// at one position are the volumes of a 4-D series (time points, echoes, b-values), ordered as
+/// dcm2niix orders them (echo, then InstanceNumber; dcm2niix writes one file per echo).
+fn plan(instances: &[&Instance]) -> Result<Plan, VolumeError> {
     let first = instances
         .first()
         .ok_or_else(|| VolumeError::NotRecognized("no DICOM image".into()))?;
@@ -1210,13 +1520,6 @@ fn assemble(instances: &[Instance]) -> Result<Volume, VolumeError> {
         }
         frames.extend(inst.frames.iter().enumerate().map(|(f, fr)| (i, f, fr)));
     }
-    let n = frames.len();
-    let (dims, nvox, _) = check_grid(
-        [i64::from(first.cols), i64::from(first.rows), n as i64],
-        4,
-        "DICOM Columns x Rows x frames",
-    )?;
-    debug_assert!(nvox <= MAX_VOXELS);
     let label = |i: usize| instances.get(i).map(|x| x.label()).unwrap_or_default();
 
     let &(i0, _, f0) = frames
@@ -1269,8 +1572,15 @@ fn assemble(instances: &[Instance]) -> Result<Volume, VolumeError> {
     let col_dir = col_dir.map(|v| v / cn);
     let normal = cross(row_dir, col_dir);
 
-    // Sort frames along the normal.
-    let mut placed = Vec::with_capacity(n);
+    // Sort frames along the normal, then group those at one position.
+    struct Placed<'a> {
+        d: f64,
+        p: [f64; 3],
+        i: usize,
+        f: usize,
+        tags: &'a FrameTags,
+    }
+    let mut placed = Vec::with_capacity(frames.len());
     for &(i, f, fr) in &frames {
         let p = fr.position.ok_or_else(|| {
             broken(format!(
@@ -1279,31 +1589,87 @@ fn assemble(instances: &[Instance]) -> Result<Volume, VolumeError> {
                 label(i)
             ))
         })?;
-        placed.push((dot(normal, p), p, i, f));
+        placed.push(Placed {
+            d: dot(normal, p),
+            p,
+            i,
+            f,
+            tags: &fr.tags,
+        });
     }
-    placed.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let step = if n > 1 {
-        let (d0, p0) = (placed[0].0, placed[0].1);
-        let (dn, pn) = (placed[n - 1].0, placed[n - 1].1);
-        let mean_gap = (dn - d0) / (n - 1) as f64;
-        for w in placed.windows(2) {
-            let gap = w[1].0 - w[0].0;
-            if gap.abs() < 1e-3 {
-                let where_ = |k: usize| {
-                    let (i, f) = (w[k].2, w[k].3);
-                    format!("{}frame {f}", label(i))
-                };
+    placed.sort_by(|a, b| a.d.total_cmp(&b.d));
+    let mut groups: Vec<Vec<Placed>> = Vec::new();
+    for x in placed {
+        match groups.last_mut() {
+            Some(g) if x.d - g[0].d < SAME_POSITION_MM => g.push(x),
+            _ => groups.push(vec![x]),
+        }
+    }
+    let where_ = |x: &Placed| format!("{}frame {}", label(x.i), x.f);
+    let m = groups.iter().map(|g| g.len()).max().unwrap_or(1);
+    if let Some(short) = groups.iter().find(|g| g.len() != m) {
+        let full = groups.iter().find(|g| g.len() == m).unwrap_or(short);
+        let what = if m == 2 && short.len() == 1 {
+            format!("{} and {}", where_(&full[0]), where_(&full[1]))
+        } else {
+            format!("{} frames (e.g. {})", m, where_(&full[0]))
+        };
+        return Err(broken(format!(
+            "{what} are at the same position {:?} but position {:?} has {} frame(s): a series \
+             of several volumes (time points, echoes, b-values) needs as many frames at every \
+             position (a file missing, or one too many?)",
+            full[0].p,
+            short[0].p,
+            short.len()
+        )));
+    }
+    for g in &groups {
+        for x in &g[1..] {
+            let off = norm(std::array::from_fn(|r| x.p[r] - g[0].p[r]));
+            if off > 0.01 {
                 return Err(broken(format!(
-                    "{} and {} are at the same position {:?}: the series holds several volumes \
-                     (time points, echoes or mixed series); insitu reads one 3-D volume",
-                    where_(0),
-                    where_(1),
-                    w[0].1
+                    "{} and {} are at the same slice position but {off:.3} mm apart in the \
+                     plane: the files are not one series",
+                    where_(&g[0]),
+                    where_(x)
                 )));
             }
         }
-        for w in placed.windows(2) {
-            let gap = w[1].0 - w[0].0;
+    }
+    // dcm2niix's order of the volumes at each position: echo, then InstanceNumber (then file
+    // name and frame, for files without one).
+    for g in groups.iter_mut() {
+        g.sort_by(|a, b| {
+            let (ta, tb) = (a.tags, b.tags);
+            ta.echo_number
+                .unwrap_or(0)
+                .cmp(&tb.echo_number.unwrap_or(0))
+                .then_with(|| {
+                    ta.echo_time_ms
+                        .unwrap_or(0.0)
+                        .total_cmp(&tb.echo_time_ms.unwrap_or(0.0))
+                })
+                .then_with(|| {
+                    ta.instance
+                        .unwrap_or(i64::MAX)
+                        .cmp(&tb.instance.unwrap_or(i64::MAX))
+                })
+                .then_with(|| instances[a.i].name.cmp(&instances[b.i].name))
+                .then_with(|| a.f.cmp(&b.f))
+        });
+    }
+    let n = groups.len();
+    let (dims, _, _) = check_grid(
+        [i64::from(first.cols), i64::from(first.rows), n as i64],
+        4,
+        "DICOM Columns x Rows x slices",
+    )?;
+    let step = if n > 1 {
+        let (d0, p0) = (groups[0][0].d, groups[0][0].p);
+        let (dn, pn) = (groups[n - 1][0].d, groups[n - 1][0].p);
+        let mean_gap = (dn - d0) / (n - 1) as f64;
+        for w in groups.windows(2) {
+            let gap = w[1][0].d - w[0][0].d;
             if (gap - mean_gap).abs() > 0.01 * mean_gap.abs() + 1e-3 {
                 return Err(broken(format!(
                     "the slices are unevenly spaced: a gap of {gap:.4} mm where the mean is \
@@ -1324,46 +1690,174 @@ fn assemble(instances: &[Instance]) -> Result<Volume, VolumeError> {
     let geometry = geometry_from_lps(
         dims,
         columns,
-        placed[0].1,
+        groups[0][0].p,
         "DICOM ImageOrientationPatient/PixelSpacing/ImagePositionPatient",
     )?;
-
-    // Voxels: decode each file once, place its frames in sorted order.
-    let mut slot: Vec<Vec<usize>> = instances
-        .iter()
-        .map(|inst| vec![usize::MAX; inst.frames.len()])
+    let volumes: Vec<Vec<(usize, usize)>> = (0..m)
+        .map(|v| groups.iter().map(|g| (g[v].i, g[v].f)).collect())
         .collect();
-    for (k, &(_, _, i, f)) in placed.iter().enumerate() {
-        if let Some(s) = slot.get_mut(i).and_then(|v| v.get_mut(f)) {
-            *s = k;
-        }
+    let firsts: Vec<&FrameTags> = (0..m).map(|v| groups[0][v].tags).collect();
+    let instance_range = |v: usize| {
+        let nums: Vec<i64> = groups.iter().filter_map(|g| g[v].tags.instance).collect();
+        Some((*nums.iter().min()?, *nums.iter().max()?)).filter(|_| nums.len() == n)
+    };
+    let choices = describe_volumes(&firsts, instance_range);
+    Ok(Plan {
+        dims,
+        geometry,
+        volumes,
+        choices,
+    })
+}
+
+/// Shortest decimal form of a number for descriptions (at most 4 decimals).
+fn num(x: f64) -> String {
+    let s = format!("{x:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.to_string()
     }
-    let px = first.frame_pixels();
-    let mut slices: Vec<Option<Vec<f32>>> = vec![None; n];
-    for (i, inst) in instances.iter().enumerate() {
-        let decoded = inst.decode().map_err(|e| prefix(e, &inst.label()))?;
-        for (f, mut values) in decoded.into_iter().enumerate() {
-            let Some(fr) = inst.frames.get(f) else {
-                break;
+}
+
+/// One [`VolumeChoice`] per volume, described by what differs between them.
+fn describe_volumes(
+    tags: &[&FrameTags],
+    instance_range: impl Fn(usize) -> Option<(i64, i64)>,
+) -> Vec<VolumeChoice> {
+    fn varies<T: PartialEq>(tags: &[&FrameTags], get: impl Fn(&FrameTags) -> Option<T>) -> bool {
+        tags.iter().any(|t| get(*t) != get(tags[0]))
+    }
+    let echo = varies(tags, |t| t.echo_number) || varies(tags, |t| t.echo_time_ms);
+    let diffusion = varies(tags, |t| t.b_value) || varies(tags, |t| t.gradient);
+    let acquisition = varies(tags, |t| t.acquisition);
+    let temporal = varies(tags, |t| t.temporal_position);
+    let trigger = varies(tags, |t| t.trigger_time_ms);
+    let count = tags.len();
+    tags.iter()
+        .enumerate()
+        .map(|(index, t)| {
+            let mut parts = Vec::new();
+            if echo {
+                let mut s = t
+                    .echo_number
+                    .map(|e| format!("echo {e}"))
+                    .unwrap_or_default();
+                if let Some(te) = t.echo_time_ms {
+                    let te = format!("TE {} ms", num(te));
+                    s = if s.is_empty() {
+                        te
+                    } else {
+                        format!("{s} ({te})")
+                    };
+                }
+                parts.push(s);
+            }
+            if diffusion {
+                let mut s = t
+                    .b_value
+                    .map(|b| format!("b = {} s/mm²", num(b)))
+                    .unwrap_or_default();
+                if let Some(g) = t.gradient.filter(|g| g.iter().any(|x| *x != 0.0)) {
+                    s.push_str(&format!(
+                        "{}gradient ({}, {}, {})",
+                        if s.is_empty() { "" } else { ", " },
+                        num(g[0]),
+                        num(g[1]),
+                        num(g[2])
+                    ));
+                }
+                parts.push(s);
+            }
+            if acquisition {
+                if let Some(a) = t.acquisition {
+                    parts.push(format!("acquisition {a}"));
+                }
+            }
+            if temporal {
+                if let Some(p) = t.temporal_position {
+                    parts.push(format!("temporal position {p}"));
+                }
+            }
+            if trigger {
+                if let Some(tt) = t.trigger_time_ms {
+                    parts.push(format!("trigger {} ms", num(tt)));
+                }
+            }
+            parts.retain(|p| !p.is_empty());
+            let description = if !parts.is_empty() {
+                parts.join(", ")
+            } else if let Some((lo, hi)) = instance_range(index) {
+                format!("volume {} of {count} (instances {lo} to {hi})", index + 1)
+            } else {
+                format!("volume {} of {count}", index + 1)
             };
+            VolumeChoice {
+                index,
+                description,
+                echo_number: t.echo_number,
+                echo_time_ms: t.echo_time_ms,
+                b_value: t.b_value,
+                gradient: t.gradient,
+                acquisition_number: t.acquisition,
+                temporal_position: t.temporal_position,
+                trigger_time_ms: t.trigger_time_ms,
+                time_s: None,
+            }
+        })
+        .collect()
+}
+
+/// Plans the instances' frames and decodes volume `volume` (default 0): each file's pixel data
+/// once, only the frames of that volume, straight into the output.
+fn read_planned(
+    instances: &[&Instance],
+    bytes: &[&[u8]],
+    volume: Option<usize>,
+) -> Result<(Volume, Vec<VolumeChoice>, usize), VolumeError> {
+    for inst in instances {
+        pixel_codec(&inst.ts).map_err(|e| prefix(e, &inst.label()))?;
+    }
+    let plan = plan(instances)?;
+    let chosen = pick_volume(volume, plan.volumes.len(), "the DICOM series")?;
+    let frames = &plan.volumes[chosen];
+    let px = instances[0].frame_pixels();
+    let nvox = px * frames.len();
+    debug_assert!(nvox <= MAX_VOXELS);
+    let mut wanted: Vec<Vec<(usize, usize)>> = vec![Vec::new(); instances.len()];
+    for (k, &(i, f)) in frames.iter().enumerate() {
+        wanted[i].push((f, k));
+    }
+    let mut data = vec![0f32; nvox];
+    for (i, list) in wanted.iter().enumerate() {
+        if list.is_empty() {
+            continue;
+        }
+        let inst = instances[i];
+        let pixels = inst
+            .pixels(bytes[i])
+            .map_err(|e| prefix(e, &inst.label()))?;
+        for &(f, k) in list {
+            let out = &mut data[k * px..(k + 1) * px];
+            inst.decode_frame(&pixels, f, out)
+                .map_err(|e| prefix(e, &inst.label()))?;
+            let fr = &inst.frames[f];
             if fr.slope != 1.0 || fr.intercept != 0.0 {
-                for v in values.iter_mut() {
+                for v in out.iter_mut() {
                     *v = (f64::from(*v) * fr.slope + fr.intercept) as f32;
                 }
             }
-            values.resize(px, 0.0);
-            if let Some(k) = slot.get(i).and_then(|s| s.get(f)) {
-                if let Some(s) = slices.get_mut(*k) {
-                    *s = Some(values);
-                }
-            }
         }
     }
-    let mut data = Vec::with_capacity(nvox);
-    for s in slices {
-        data.extend(s.unwrap_or_else(|| vec![0.0; px]));
-    }
-    Ok(Volume { geometry, data })
+    Ok((
+        Volume {
+            geometry: plan.geometry,
+            data,
+        },
+        plan.choices,
+        chosen,
+    ))
 }
 
 fn prefix(e: VolumeError, label: &str) -> VolumeError {
@@ -1377,6 +1871,7 @@ fn prefix(e: VolumeError, label: &str) -> VolumeError {
         VolumeError::Decompress(m) => VolumeError::Decompress(format!("{label}{m}")),
         VolumeError::TooLarge(m) => VolumeError::TooLarge(format!("{label}{m}")),
         VolumeError::NotLabels(m) => VolumeError::NotLabels(format!("{label}{m}")),
+        VolumeError::NoSuchVolume(m) => VolumeError::NoSuchVolume(format!("{label}{m}")),
     }
 }
 

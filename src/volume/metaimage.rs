@@ -371,7 +371,7 @@ fn decode(h: &Header, data: &[u8]) -> Result<Volume, VolumeError> {
         if raw.len() < h.data_bytes {
             return Err(truncated(raw.len()));
         }
-        raw
+        std::borrow::Cow::Owned(raw)
     } else {
         let start = if h.header_size == -1 {
             data.len()
@@ -387,9 +387,11 @@ fn decode(h: &Header, data: &[u8]) -> Result<Volume, VolumeError> {
                 data.len()
             ))
         })?;
-        rest.get(..h.data_bytes)
-            .ok_or_else(|| truncated(rest.len()))?
-            .to_vec()
+        // Converted straight from the file's bytes (no copy of the raw voxels).
+        std::borrow::Cow::Borrowed(
+            rest.get(..h.data_bytes)
+                .ok_or_else(|| truncated(rest.len()))?,
+        )
     };
     Ok(Volume {
         geometry: h.geometry.clone(),

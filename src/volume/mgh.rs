@@ -51,6 +51,17 @@ pub fn frame_count(bytes: &[u8]) -> Result<usize, VolumeError> {
     }
 }
 
+/// The grid, the number of frames and the bytes per stored voxel, from the header alone (the
+/// first bytes of an `.mgh`, or of an `.mgz`'s compressed stream, are enough).
+pub fn grid(bytes: &[u8]) -> Result<([usize; 3], usize, usize), VolumeError> {
+    let header = if is_gzip(bytes) {
+        parse_header(&inflate(bytes, Compression::Gzip, 0, HEADER_SIZE)?)?
+    } else {
+        parse_header(bytes)?
+    };
+    Ok((header.dims, header.frames, header.scalar.size()))
+}
+
 fn read(bytes: &[u8], frame: Option<usize>) -> Result<Volume, VolumeError> {
     if bytes.is_empty() {
         return Err(VolumeError::NotRecognized("the file is empty".into()));
@@ -83,14 +94,15 @@ fn read(bytes: &[u8], frame: Option<usize>) -> Result<Volume, VolumeError> {
     // The frame's data starts after the header and k earlier frames (k < frames <= 2^16,
     // data_bytes < 2^34: no overflow in u64).
     let skip = HEADER_SIZE as u64 + k as u64 * header.data_bytes as u64;
-    let data = if is_gzip(bytes) {
-        inflate(bytes, Compression::Gzip, skip, header.data_bytes)?
+    let data: std::borrow::Cow<[u8]> = if is_gzip(bytes) {
+        inflate(bytes, Compression::Gzip, skip, header.data_bytes)?.into()
     } else {
+        // Converted straight from the file's bytes (no copy of the raw voxels).
         let rest = usize::try_from(skip)
             .ok()
             .and_then(|s| bytes.get(s..))
             .unwrap_or_default();
-        rest.get(..header.data_bytes).unwrap_or(rest).to_vec()
+        rest.get(..header.data_bytes).unwrap_or(rest).into()
     };
     if data.len() < header.data_bytes {
         let d = header.dims;

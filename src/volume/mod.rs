@@ -159,7 +159,8 @@ pub fn read_with_format(name: Option<&str>, bytes: &[u8]) -> Result<(Volume, For
     Ok((volume, format))
 }
 
-/// What a multi-file selection (a dropped folder, several files) holds.
+/// What a multi-file selection (a dropped folder, several files) holds ([`read_files`]; see
+/// [`Opened`] for the volume list of a 4-D input).
 #[derive(Clone, Debug)]
 pub enum FilesContent {
     /// One volume.
@@ -173,14 +174,155 @@ pub enum FilesContent {
     Series(dicom::SeriesList),
 }
 
+/// One 3-D volume of an input that holds several: a 4-D NIfTI (fMRI, DWI) or MGH, or a DICOM
+/// series with several volumes at the same slice positions (time points, echoes, b-values).
+/// What DICOM says about each is kept where the files give it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct VolumeChoice {
+    /// From 0, as `--volume` and [`open_files`] take it.
+    pub index: usize,
+    /// What tells it apart from the others, e.g. "echo 2 (TE 4.92 ms), acquisition 1",
+    /// "b = 1000 s/mm², gradient (1, 0, 0)", "volume 2 of 3, t = 2 s".
+    pub description: String,
+    /// DICOM EchoNumbers (0018,0086).
+    pub echo_number: Option<i64>,
+    /// DICOM EchoTime (0018,0081), or EffectiveEchoTime (0018,9082) of a multi-frame file.
+    pub echo_time_ms: Option<f64>,
+    /// DICOM DiffusionBValue (0018,9087) (Siemens: its private B_value).
+    pub b_value: Option<f64>,
+    /// DICOM DiffusionGradientOrientation (0018,9089) (Siemens: its private direction).
+    pub gradient: Option<[f64; 3]>,
+    /// DICOM AcquisitionNumber (0020,0012).
+    pub acquisition_number: Option<i64>,
+    /// DICOM TemporalPositionIdentifier (0020,0100), or TemporalPositionIndex (0020,9128).
+    pub temporal_position: Option<i64>,
+    /// DICOM TriggerTime (0018,1060), or NominalCardiacTriggerDelayTime (0020,9153).
+    pub trigger_time_ms: Option<f64>,
+    /// NIfTI: the volume's time, its index times the header's `pixdim[4]`, when the time unit
+    /// is set.
+    pub time_s: Option<f64>,
+}
+
+/// Most volumes an input may hold (a 4-D header claiming more is refused).
+pub const MAX_VOLUMES: usize = 1 << 16;
+
+/// `volume` (default 0) checked against the `count` volumes that `what` holds.
+pub(crate) fn pick_volume(
+    volume: Option<usize>,
+    count: usize,
+    what: &str,
+) -> Result<usize, VolumeError> {
+    let k = volume.unwrap_or(0);
+    if k < count {
+        return Ok(k);
+    }
+    Err(VolumeError::NoSuchVolume(match count {
+        0 => format!("there is no volume {k}: {what} holds none"),
+        1 => format!("there is no volume {k}: {what} holds a single volume (volume 0)"),
+        n => format!(
+            "there is no volume {k}: {what} holds {n} volumes, numbered 0 to {}",
+            n - 1
+        ),
+    }))
+}
+
+/// The volume list of a NIfTI or MGH file with `frames` volumes.
+fn numbered_volumes(
+    frames: usize,
+    seconds: Option<f64>,
+    what: &str,
+) -> Result<Vec<VolumeChoice>, VolumeError> {
+    if frames > MAX_VOLUMES {
+        return Err(VolumeError::TooLarge(format!(
+            "{what} claims {frames} volumes: insitu reads files of at most {MAX_VOLUMES}"
+        )));
+    }
+    Ok((0..frames)
+        .map(|index| {
+            let time_s = seconds.map(|s| s * index as f64);
+            let mut description = format!("volume {} of {frames}", index + 1);
+            if let Some(t) = time_s {
+                description.push_str(&format!(", t = {} s", (t * 1e4).round() / 1e4));
+            }
+            VolumeChoice {
+                index,
+                description,
+                time_s,
+                ..VolumeChoice::default()
+            }
+        })
+        .collect())
+}
+
+/// A volume opened from a selection of files, and the volumes it was chosen from.
+#[derive(Clone, Debug)]
+pub struct OpenedVolume {
+    pub volume: Volume,
+    pub format: Format,
+    /// Files that were not used (name, why), e.g. non-DICOM files in a DICOM folder.
+    pub skipped: Vec<(String, String)>,
+    /// Every 3-D volume the input holds (a single entry for a 3-D input), in the order
+    /// [`open_files`]'s `volume` numbers them.
+    pub volumes: Vec<VolumeChoice>,
+    /// Which of them `volume` is.
+    pub chosen: usize,
+}
+
+/// What [`open_files`] found.
+#[derive(Clone, Debug)]
+pub enum Opened {
+    Volume(OpenedVolume),
+    /// Several DICOM series: let the user choose one, then call [`open_files`] with its UID.
+    Series(dicom::SeriesList),
+}
+
+/// One file read as volume `volume` (default 0) of those it holds.
+fn read_one_volume(
+    name: &str,
+    bytes: &[u8],
+    volume: Option<usize>,
+) -> Result<(Volume, Format, Vec<VolumeChoice>, usize), VolumeError> {
+    let format = detect_format(Some(name), bytes)?;
+    let (v, volumes, chosen) = match format {
+        Format::Nifti | Format::NiftiGz => {
+            let info = nifti::read_nifti_header(bytes)?;
+            if info.frames == 1 && volume.unwrap_or(0) == 0 {
+                (nifti::read_nifti(bytes)?, numbered_volumes(1, None, "")?, 0)
+            } else {
+                let volumes = numbered_volumes(info.frames, info.frame_seconds, "the NIfTI file")?;
+                let k = pick_volume(volume, info.frames, "the NIfTI file")?;
+                (nifti::read_nifti_volume(bytes, k)?, volumes, k)
+            }
+        }
+        Format::Mgh | Format::Mgz => {
+            let frames = mgh::frame_count(bytes)?;
+            let volumes = numbered_volumes(frames, None, "the MGH file")?;
+            let k = pick_volume(volume, frames, "the MGH file")?;
+            (mgh::read_mgh_frame(bytes, k)?, volumes, k)
+        }
+        Format::Dicom => dicom::read_dicom_volume(bytes, volume)?,
+        _ => {
+            pick_volume(volume, 1, &format!("the {} file", format.name()))?;
+            let (v, _) = read_with_format(Some(name), bytes)?;
+            (v, numbered_volumes(1, None, "")?, 0)
+        }
+    };
+    Ok((v, format, volumes, chosen))
+}
+
 /// Reads a selection of files (name, bytes): a single volume file; a `.mhd` or `.nhdr` header
 /// with its data file; or DICOM files of one series (several series give
-/// [`FilesContent::Series`] unless `series` names the SeriesInstanceUID to read). Files that
-/// are not DICOM in a DICOM selection are skipped and listed. Errors name the file they concern.
-pub fn read_files(
+/// [`Opened::Series`] unless `series` names the SeriesInstanceUID to read). Of an input holding
+/// several 3-D volumes (a 4-D NIfTI or MGH, a DICOM series with several volumes at the same
+/// positions) it reads volume `volume` (from 0; default the first, in dcm2niix's order for
+/// DICOM) and lists them all ([`OpenedVolume::volumes`]); a volume it does not hold is a
+/// [`VolumeError::NoSuchVolume`] saying how many there are. Files that are not DICOM in a DICOM
+/// selection are skipped and listed. Errors name the file they concern.
+pub fn open_files(
     files: &[(String, Vec<u8>)],
     series: Option<&str>,
-) -> Result<FilesContent, VolumeError> {
+    volume: Option<usize>,
+) -> Result<Opened, VolumeError> {
     let base = |n: &str| n.rsplit(['/', '\\']).next().unwrap_or(n).to_string();
     let skipped_except = |used: &[&str]| -> Vec<(String, String)> {
         files
@@ -190,14 +332,16 @@ pub fn read_files(
             .collect()
     };
     // One file of the selection as the volume; the others are reported as skipped.
-    let read_one = |name: &str, bytes: &[u8]| -> Result<FilesContent, VolumeError> {
-        let (volume, format) =
-            read_with_format(Some(name), bytes).map_err(|e| dicom::with_file(e, name))?;
-        Ok(FilesContent::Volume {
-            volume,
+    let read_one = |name: &str, bytes: &[u8]| -> Result<Opened, VolumeError> {
+        let (v, format, volumes, chosen) =
+            read_one_volume(name, bytes, volume).map_err(|e| dicom::with_file(e, name))?;
+        Ok(Opened::Volume(OpenedVolume {
+            volume: v,
             format,
             skipped: skipped_except(&[name]),
-        })
+            volumes,
+            chosen,
+        }))
     };
     if let [(name, bytes)] = files {
         return read_one(name, bytes);
@@ -231,16 +375,20 @@ pub fn read_files(
                     "{name}: its data file \"{data_name}\" is not among the selected files"
                 ))
             })?;
-        let volume = match format {
+        pick_volume(volume, 1, &format!("the {} file", format.name()))
+            .map_err(|e| dicom::with_file(e, name))?;
+        let v = match format {
             Format::MetaImage => metaimage::read_mhd(bytes, data),
             _ => nrrd::read_nrrd_detached(bytes, data),
         }
         .map_err(|e| dicom::with_file(e, name))?;
-        return Ok(FilesContent::Volume {
-            volume,
+        return Ok(Opened::Volume(OpenedVolume {
+            volume: v,
             format,
             skipped: skipped_except(&[name, data_file]),
-        });
+            volumes: numbered_volumes(1, None, "")?,
+            chosen: 0,
+        }));
     }
     let list = dicom::list_series(files)?;
     let chosen = match (list.series.as_slice(), series) {
@@ -268,20 +416,207 @@ pub fn read_files(
             ))
         })?,
         ([one], None) => one,
-        (_, None) => return Ok(FilesContent::Series(list)),
+        (_, None) => return Ok(Opened::Series(list)),
     };
-    let volume = dicom::read_series(files, &chosen.uid)?;
+    let (v, volumes, k) = dicom::read_series_volume(files, &chosen.uid, volume)?;
     let others = list.series.iter().filter(|s| s.uid != chosen.uid);
     let mut skipped = list.skipped;
     for s in others {
         let why = format!("DICOM series \"{}\" (not the one opened)", s.description);
         skipped.extend(s.files.iter().map(|n| (n.clone(), why.clone())));
     }
-    Ok(FilesContent::Volume {
-        volume,
+    Ok(Opened::Volume(OpenedVolume {
+        volume: v,
         format: Format::Dicom,
         skipped,
+        volumes,
+        chosen: k,
+    }))
+}
+
+/// Reads a selection of files as [`open_files`] does, taking the first volume of an input that
+/// holds several (see [`open_files`] to choose another and to get the list).
+pub fn read_files(
+    files: &[(String, Vec<u8>)],
+    series: Option<&str>,
+) -> Result<FilesContent, VolumeError> {
+    Ok(match open_files(files, series, None)? {
+        Opened::Volume(o) => FilesContent::Volume {
+            volume: o.volume,
+            format: o.format,
+            skipped: o.skipped,
+        },
+        Opened::Series(list) => FilesContent::Series(list),
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory an input needs, from its header alone
+
+/// The heap of a wasm32 module can grow to at most 4 GiB.
+pub const WASM32_MEMORY_LIMIT: u64 = 4 << 30;
+
+/// What opening an input and segmenting it holds in memory at least, known from its header
+/// before any voxel is read.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryNeed {
+    /// The grid of the one volume that is read.
+    pub dims: [usize; 3],
+    /// 3-D volumes the input holds (only one is read).
+    pub volumes: usize,
+    /// Bytes per voxel as stored (2 for int16, ...).
+    pub stored_bytes_per_voxel: usize,
+    /// The input file(s) themselves, held while they are read (compressed size for `.nii.gz`).
+    pub file_bytes: u64,
+    /// The volume read: one float32 per voxel.
+    pub volume_bytes: u64,
+    /// A label map on the volume's grid: one u16 per voxel.
+    pub labels_bytes: u64,
+    /// `file_bytes + volume_bytes + labels_bytes`. A model's activations come on top (the CPU
+    /// path keeps them within `--max-memory` by running in slabs).
+    pub total_bytes: u64,
+}
+
+/// `bytes` in the largest binary unit that keeps a number of at least 1 ("1.5 GiB").
+pub fn human_bytes(bytes: u64) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{} {}", (v * 10.0).round() / 10.0, units[u])
+    }
+}
+
+impl MemoryNeed {
+    fn new(dims: [usize; 3], volumes: usize, stored: usize, file_bytes: u64) -> MemoryNeed {
+        let voxels = dims.iter().map(|&d| d as u64).product::<u64>();
+        let volume_bytes = voxels.saturating_mul(4);
+        let labels_bytes = voxels.saturating_mul(2);
+        MemoryNeed {
+            dims,
+            volumes,
+            stored_bytes_per_voxel: stored,
+            file_bytes,
+            volume_bytes,
+            labels_bytes,
+            total_bytes: file_bytes
+                .saturating_add(volume_bytes)
+                .saturating_add(labels_bytes),
+        }
+    }
+
+    /// "512 x 512 x 800 voxels: about 1.4 GiB (input 202.5 MiB, 800 MiB of float32 voxels,
+    /// 400 MiB of labels)".
+    pub fn describe(&self) -> String {
+        let d = self.dims;
+        let of = if self.volumes > 1 {
+            format!(" (one of {} volumes)", self.volumes)
+        } else {
+            String::new()
+        };
+        format!(
+            "{} x {} x {} voxels{of}: about {} (input {}, {} of float32 voxels, {} of labels)",
+            d[0],
+            d[1],
+            d[2],
+            human_bytes(self.total_bytes),
+            human_bytes(self.file_bytes),
+            human_bytes(self.volume_bytes),
+            human_bytes(self.labels_bytes)
+        )
+    }
+
+    /// An error (before anything is loaded) when the input needs more than `limit` bytes,
+    /// giving its size and the limit.
+    pub fn check(&self, limit: u64) -> Result<(), VolumeError> {
+        if self.total_bytes <= limit {
+            return Ok(());
+        }
+        Err(VolumeError::TooLarge(format!(
+            "the volume is {}, more than the {} this can hold; open it with the insitu \
+             command-line tool, or crop or downsample it first",
+            self.describe(),
+            human_bytes(limit)
+        )))
+    }
+}
+
+/// The memory opening a file needs, from its first bytes (`head`: e.g. the first
+/// [`dicom::HEAD_BYTES`], or the whole file) and its size: NIfTI (`.nii`, and `.nii.gz` from
+/// its first compressed bytes), MGH/MGZ and single DICOM files. A DICOM series is estimated
+/// from its listing with [`memory_need_of_series`]. Other formats are an error (read them to
+/// know).
+pub fn memory_need(
+    name: Option<&str>,
+    head: &[u8],
+    file_size: u64,
+) -> Result<MemoryNeed, VolumeError> {
+    match detect_format(name, head)? {
+        Format::Nifti | Format::NiftiGz => {
+            let info = nifti::read_nifti_header(head)?;
+            let stored = match info.datatype {
+                "uint8" | "int8" => 1,
+                "int16" | "uint16" => 2,
+                "int32" | "uint32" | "float32" => 4,
+                _ => 8,
+            };
+            Ok(MemoryNeed::new(
+                info.geometry.dims,
+                info.frames,
+                stored,
+                file_size,
+            ))
+        }
+        Format::Mgh | Format::Mgz => {
+            let (dims, frames, stored) = mgh::grid(head)?;
+            Ok(MemoryNeed::new(dims, frames, stored, file_size))
+        }
+        Format::Dicom => {
+            let listing = dicom::list_series_heads(&[dicom::FileHead {
+                name: name.unwrap_or("the file").to_string(),
+                bytes: head.to_vec(),
+                size: file_size,
+            }])?;
+            if !listing.need_more.is_empty() {
+                return Err(VolumeError::Truncated(format!(
+                    "the DICOM header goes on beyond the first {} bytes: pass more of the file",
+                    head.len()
+                )));
+            }
+            let series = listing.list.series.first().ok_or_else(|| {
+                VolumeError::NotRecognized(
+                    listing
+                        .list
+                        .skipped
+                        .first()
+                        .map(|(_, why)| why.clone())
+                        .unwrap_or_else(|| "not a DICOM image".into()),
+                )
+            })?;
+            Ok(memory_need_of_series(series, file_size))
+        }
+        other => Err(VolumeError::NotRecognized(format!(
+            "insitu estimates memory from NIfTI, MGH and DICOM headers; a {} file has to be read \
+             to know",
+            other.name()
+        ))),
+    }
+}
+
+/// The memory reading one volume of a listed DICOM series needs; `file_bytes` is the total
+/// size of its files (they are all held while the series is read).
+pub fn memory_need_of_series(series: &dicom::SeriesInfo, file_bytes: u64) -> MemoryNeed {
+    let volumes = series.volumes.len().max(1);
+    let voxels = (series.frames as u64).max(1);
+    let stored = (series.stored_bytes / voxels / (series.dims[0] * series.dims[1]).max(1) as u64)
+        .max(1) as usize;
+    MemoryNeed::new(series.dims, volumes, stored, file_bytes)
 }
 
 /// Writes a label map in the format of the input it was computed from (same geometry): NIfTI
@@ -352,6 +687,8 @@ pub enum VolumeError {
     TooLarge(String),
     /// Values that should be integer labels are not.
     NotLabels(String),
+    /// The volume asked for (of a 4-D input) is not among those the input holds.
+    NoSuchVolume(String),
 }
 
 impl fmt::Display for VolumeError {
@@ -363,6 +700,7 @@ impl fmt::Display for VolumeError {
             VolumeError::Decompress(m) => write!(f, "cannot decompress: {m}"),
             VolumeError::TooLarge(m) => write!(f, "too large: {m}"),
             VolumeError::NotLabels(m) => write!(f, "not a label volume: {m}"),
+            VolumeError::NoSuchVolume(m) => write!(f, "{m}"),
         }
     }
 }

@@ -56,20 +56,33 @@ pub struct NiftiInfo {
     pub scl_slope: f64,
     pub scl_inter: f64,
     /// Number of 3-D volumes in the file (product of `dim[4..=dim[0]]`); [`read_nifti`] only
-    /// accepts files with exactly one.
+    /// accepts files with exactly one, [`read_nifti_volume`] reads any of them.
     pub frames: usize,
+    /// The time between volumes in seconds (`pixdim[4]` in the units `xyzt_units` gives), for a
+    /// 4-D file whose time unit is set.
+    pub frame_seconds: Option<f64>,
 }
 
 /// Reads a NIfTI-1 or NIfTI-2 file (.nii, or gzip-compressed .nii.gz detected by magic bytes,
 /// not by name).
 pub fn read_nifti(bytes: &[u8]) -> Result<Volume, VolumeError> {
+    read_frame(bytes, None)
+}
+
+/// Reads 3-D volume `volume` (from 0) of a NIfTI file holding any number of them (a 4-D
+/// fMRI or DWI series: [`NiftiInfo::frames`]); only that volume's voxels are converted (of a
+/// `.nii.gz`, the earlier ones are decompressed and dropped on the way).
+pub fn read_nifti_volume(bytes: &[u8], volume: usize) -> Result<Volume, VolumeError> {
+    read_frame(bytes, Some(volume))
+}
+
+fn read_frame(bytes: &[u8], volume: Option<usize>) -> Result<Volume, VolumeError> {
     if is_gzip(bytes) {
         let mut decoder = MultiGzDecoder::new(bytes);
         let prefix = read_prefix(&mut decoder)?;
         let header = parse_header(&prefix)?;
-        header.ensure_single_volume()?;
-        let within_cap = header
-            .vox_offset
+        let skip = header.frame_offset(volume)?;
+        let within_cap = skip
             .checked_add(header.data_bytes as u64)
             .is_some_and(|end| end <= MAX_DECOMPRESSED_BYTES);
         if !within_cap {
@@ -80,7 +93,7 @@ pub fn read_nifti(bytes: &[u8]) -> Result<Volume, VolumeError> {
             )));
         }
         let mut source = (&prefix[..]).chain(decoder);
-        skip_to_voxels(&mut source, header.vox_offset)?;
+        skip_to_voxels(&mut source, skip)?;
         // Capacity from the header, bounded by what the compressed size could possibly expand to.
         let hint = bytes.len().saturating_mul(MAX_DEFLATE_RATIO) / header.datatype.size();
         let mut data = Vec::with_capacity(header.nvox.min(hint));
@@ -108,11 +121,17 @@ pub fn read_nifti(bytes: &[u8]) -> Result<Volume, VolumeError> {
         })
     } else {
         let header = parse_header(bytes)?;
-        header.ensure_single_volume()?;
-        let start = usize::try_from(header.vox_offset)
+        let skip = header.frame_offset(volume)?;
+        let start = usize::try_from(skip)
             .ok()
             .filter(|&s| s <= bytes.len())
-            .ok_or_else(|| header.offset_beyond_end(bytes.len() as u64))?;
+            .ok_or_else(|| {
+                if header.vox_offset > bytes.len() as u64 {
+                    header.offset_beyond_end(bytes.len() as u64)
+                } else {
+                    header.truncated(0)
+                }
+            })?;
         let voxels = bytes.get(start..).unwrap_or_default();
         let voxels = voxels
             .get(..header.data_bytes)
@@ -360,6 +379,26 @@ struct Header {
 }
 
 impl Header {
+    /// Where volume `volume` starts (None: the only one, checked).
+    fn frame_offset(&self, volume: Option<usize>) -> Result<u64, VolumeError> {
+        let k = match volume {
+            None => {
+                self.ensure_single_volume()?;
+                0
+            }
+            Some(k) => super::pick_volume(Some(k), self.info.frames, "the NIfTI file")?,
+        };
+        (k as u64)
+            .checked_mul(self.data_bytes as u64)
+            .and_then(|o| o.checked_add(self.vox_offset))
+            .ok_or_else(|| {
+                VolumeError::TooLarge(format!(
+                    "volume {k} of {} bytes lies beyond any file insitu reads",
+                    self.data_bytes
+                ))
+            })
+    }
+
     fn ensure_single_volume(&self) -> Result<(), VolumeError> {
         if self.info.frames == 1 {
             Ok(())
@@ -495,6 +534,7 @@ struct RawHeader {
     quatern: [f64; 3],
     qoffset: [f64; 3],
     srow: [[f64; 4]; 3],
+    xyzt_units: i32,
 }
 
 fn raw_header_v1(f: &Fields) -> RawHeader {
@@ -511,6 +551,7 @@ fn raw_header_v1(f: &Fields) -> RawHeader {
         quatern: std::array::from_fn(|i| f.f32(256 + 4 * i)),
         qoffset: std::array::from_fn(|i| f.f32(268 + 4 * i)),
         srow: std::array::from_fn(|r| std::array::from_fn(|c| f.f32(280 + 16 * r + 4 * c))),
+        xyzt_units: i32::from(f.array::<1>(123)[0]),
     }
 }
 
@@ -534,6 +575,7 @@ fn raw_header_v2(f: &Fields) -> RawHeader {
         quatern: std::array::from_fn(|i| f.f64(352 + 8 * i)),
         qoffset: std::array::from_fn(|i| f.f64(376 + 8 * i)),
         srow: std::array::from_fn(|r| std::array::from_fn(|c| f.f64(400 + 32 * r + 8 * c))),
+        xyzt_units: f.i32(500),
     }
 }
 
@@ -732,6 +774,14 @@ fn check_header(
             scl_slope: raw.scl_slope,
             scl_inter: raw.scl_inter,
             frames,
+            frame_seconds: (ndim >= 4 && dim[4] > 1 && raw.pixdim[4] > 0.0)
+                .then(|| match raw.xyzt_units & 0x38 {
+                    8 => Some(raw.pixdim[4]),
+                    16 => Some(raw.pixdim[4] / 1e3),
+                    24 => Some(raw.pixdim[4] / 1e6),
+                    _ => None,
+                })
+                .flatten(),
         },
         datatype,
         big_endian,

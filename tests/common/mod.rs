@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod canonical;
 pub mod litemedsam;
 
 use insitu::assets::{self, RemoteFile};
