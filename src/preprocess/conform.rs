@@ -58,24 +58,27 @@ pub fn conform(volume: &Volume) -> Result<Conformed, PreprocessError> {
         return Err(PreprocessError::InvalidAffine);
     }
 
-    // 1. robust intensity scaling (a scaled copy; the caller's volume is left alone)
+    // 1. robust intensity scaling, applied to each voxel as the reslice samples it (niimath
+    // scales a copy first: the same values, without a second whole-volume f32 buffer)
     let (src_min, scale) = get_scale(&volume.data, nvox);
-    let scaled: Vec<f32> = volume
-        .data
-        .iter()
-        .map(|&v| scale_crop(v, src_min, scale))
-        .collect();
+    let scaled = |v: f32| scale_crop(v, src_min, scale);
     // the minimum after scaling fills the voxels the reslice cannot sample (MIN(a, mn) keeps
     // mn on ties; no NaN survives the scaling)
-    let mn = scaled
-        .iter()
-        .fold(scaled[0], |mn, &v| if v > mn { mn } else { v });
+    let first = scaled(volume.data[0]);
+    let mn = volume.data.iter().fold(first, |mn, &v| {
+        let v = scaled(v);
+        if v > mn {
+            mn
+        } else {
+            v
+        }
+    });
 
     // 2. output grid and the matrix from output voxels to input voxels
     let (out_affine, inv_vox2vox) = conform_vox2vox(dims, &in_affine);
 
     // 3 + 4. trilinear reslice and uint8 rounding
-    let data = reslice_trilinear(&scaled, mn, dims, &inv_vox2vox);
+    let data = reslice_trilinear(&volume.data, scaled, mn, dims, &inv_vox2vox);
 
     let code = geometry.sform_code.max(geometry.qform_code);
     let out_geometry = Geometry {
@@ -270,7 +273,13 @@ fn conform_vox2vox(in_dims: [usize; 3], affine: &Mat44) -> (Mat44, Mat44) {
 ///
 /// `mn` is the minimum of `img`: output voxels whose 2x2x2 input neighbourhood is not
 /// entirely inside the input keep it.
-fn reslice_trilinear(img: &[f32], mn: f32, in_dims: [usize; 3], m: &Mat44) -> Vec<f32> {
+fn reslice_trilinear(
+    img: &[f32],
+    scaled: impl Fn(f32) -> f32,
+    mn: f32,
+    in_dims: [usize; 3],
+    m: &Mat44,
+) -> Vec<f32> {
     let [dim_x, dim_y, dim_z] = in_dims;
     let dim_xy = dim_x * dim_y;
     // niimath: fx = (int)floorf(ix); outside when fx < 0 or fx + 1 >= dimX. For an integer k,
@@ -318,15 +327,16 @@ fn reslice_trilinear(img: &[f32], mn: f32, in_dims: [usize; 3], m: &Mat44) -> Ve
                 let wy0 = (fyf + 1.0) - iy;
                 let wz0 = (fzf + 1.0) - iz;
                 let i000 = fx + fy * dim_x + fz * dim_xy;
-                let c = &img[i000..i000 + span];
+                let cell = &img[i000..i000 + span];
+                let c = |k: usize| scaled(cell[k]);
                 // niimath's (fast-math) evaluation order, read off its machine code
                 let dx_dz = dx * dz;
                 let dx_wz0 = dx * wz0;
-                let a = c[o010 + o001] * dz + c[o010] * wz0;
-                let b = c[o001] * dz + c[0] * wz0;
+                let a = c(o010 + o001) * dz + c(o010) * wz0;
+                let b = c(o001) * dz + c(0) * wz0;
                 let x0 = a * dy + b * wy0;
-                let c1 = c[o100 + o010 + o001] * dx_dz + c[o100 + o010] * dx_wz0;
-                let c0 = c[o100 + o001] * dx_dz + c[o100] * dx_wz0;
+                let c1 = c(o100 + o010 + o001) * dx_dz + c(o100 + o010) * dx_wz0;
+                let c0 = c(o100 + o001) * dx_dz + c(o100) * dx_wz0;
                 *o = to_u8((wx0 * x0 + dy * c1) + wy0 * c0);
             }
         }
