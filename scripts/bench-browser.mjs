@@ -25,6 +25,9 @@
 // the labels back (the input tensor already in the page). Ratios: TF.js ÷ insitu inference (above
 // 1: insitu faster). Agreement: share of voxels with the same label.
 //
+// `--impls ...,tfjs-wasm-own` adds TF.js wasm fed the crop's own voxels, min-max normalized over
+// the crop, without insitu's conform (what a side-by-side that skips conform gives: see README).
+//
 // The TF.js page (scripts/bench-browser/) is served by this script's own server on another port,
 // cross-origin isolated so the wasm backend can use its threads; it is never part of dist/.
 import { spawn, spawnSync } from 'node:child_process';
@@ -36,7 +39,8 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { CHROMIUM, DIST, ROOT, idle, missingBuild, readNifti } from '../tests/browser/helpers.mjs';
 
-const IMPLS = ['insitu-cpu', 'insitu-webgpu', 'tfjs-wasm', 'tfjs-webgl', 'tfjs-webgpu'];
+const IMPLS = ['insitu-cpu', 'insitu-webgpu', 'tfjs-wasm', 'tfjs-webgl', 'tfjs-webgpu', 'tfjs-wasm-own'];
+const DEFAULT_IMPLS = IMPLS.slice(0, 5);
 const GPU_IMPLS = new Set(['insitu-webgpu', 'tfjs-webgl', 'tfjs-webgpu']);
 const RUN_TIMEOUT_MS = 30 * 60_000;
 
@@ -47,7 +51,7 @@ function parseArgs(argv) {
     gpuSizes: [64],
     repeat: 2,
     gpuRepeat: 1,
-    impls: IMPLS,
+    impls: DEFAULT_IMPLS,
     inputs: null,
     out: join(ROOT, 'target/bench-browser'),
   };
@@ -119,7 +123,17 @@ function ensureInputs(args, sizes) {
     if (r.status !== 0) throw new Error('writing the bench inputs failed (see above)');
   }
   const info = {};
-  for (const s of sizes) info[s] = JSON.parse(readFileSync(join(dir, `t1_${s}_${args.model}.json`), 'utf8'));
+  for (const s of sizes) {
+    info[s] = JSON.parse(readFileSync(join(dir, `t1_${s}_${args.model}.json`), 'utf8'));
+    // The crop's own voxels, min-max over the crop (no conform): for tfjs-wasm-own.
+    const crop = readNifti(readFileSync(join(dir, info[s].volume)), info[s].volume);
+    if (crop.datatype !== 16 || !crop.little) throw new Error(`${info[s].volume}: expected little-endian float32`);
+    const v = new Float32Array(crop.voxels.buffer.slice(crop.voxels.byteOffset, crop.voxels.byteOffset + crop.voxels.length));
+    let lo = Infinity, hi = -Infinity;
+    for (const x of v) { if (x < lo) lo = x; if (x > hi) hi = x; }
+    const own = v.map((x) => (x - lo) / (hi > lo ? hi - lo : 1));
+    writeFileSync(join(dir, `t1_${s}_own.f32`), Buffer.from(own.buffer));
+  }
   return { dir, info };
 }
 
@@ -232,7 +246,9 @@ async function openInsitu(context, origin, backend, model) {
       });
       if (r.backend !== backend) throw new Error(`asked for ${backend}, the page ran on ${r.backend} (${r.adapter})`);
       const nifti = readNifti(Buffer.from(r.labels, 'base64'), 'page labels');
-      return { ms: r.timings.inference, pageMs: wall, labels: new Uint8Array(nifti.voxels), device: r.adapter, timings: r.timings };
+      const v = nifti.voxels;
+      const values = nifti.bitpix === 8 ? new Uint8Array(v) : Uint8Array.from({ length: v.length / 2 }, (_, i) => v.readUInt16LE(2 * i));
+      return { ms: r.timings.inference, pageMs: wall, labels: values, device: r.adapter, timings: r.timings };
     },
   };
 }
@@ -347,7 +363,7 @@ async function main() {
     const runners = {};
     for (const impl of args.impls) {
       log(`opening ${impl}`);
-      const [kind, backend] = impl.split('-');
+      const [kind, backend] = impl.split('-'); // tfjs-wasm-own: backend wasm
       runners[impl] = kind === 'insitu'
         ? await openInsitu(context, product.origin, backend, args.model)
         : await openTfjs(context, tfServer.origin, backend);
@@ -365,7 +381,8 @@ async function main() {
           if (round > wanted) continue;
           const kind = round === 0 ? 'first' : 'warm';
           log(`${size}³ ${impl} ${kind}${round ? ` ${round}/${wanted}` : ''} (load ${load()})`);
-          const r = await runners[impl].run(impl.startsWith('insitu') ? undefined : sizeArg);
+          const arg = impl === 'tfjs-wasm-own' ? { ...sizeArg, input: `t1_${size}_own.f32` } : sizeArg;
+          const r = await runners[impl].run(impl.startsWith('insitu') ? undefined : arg);
           devices[impl] = r.device;
           labels[`${impl}@${size}`] = r.labels;
           results.push({ impl, size, kind, ms: r.ms, pageMs: r.pageMs });
@@ -388,7 +405,7 @@ async function main() {
   for (const impl of args.impls) out(`  ${impl.padEnd(14)} ${devices[impl] ?? ''}`);
   out('times in seconds; first = first run at that size (model preparation, shader compilation); warm = median of the later runs');
   out(`insitu: inference = the page's network + argmax time, page = click to labels; TF.js: predict + argMax + labels read back`);
-  const tfjsImpls = args.impls.filter((i) => i.startsWith('tfjs'));
+  const tfjsImpls = args.impls.filter((i) => i.startsWith('tfjs') && i !== 'tfjs-wasm-own');
   const header = ['size', 'impl', 'first', 'warm', 'page warm', 'runs', ...tfjsImpls.map((t) => `${t.slice(5)}/x`), '= insitu-cpu', '= tfjs-wasm'];
   const widths = [5, 14, 8, 8, 10, 5, ...tfjsImpls.map(() => 9), 13, 12];
   out(header.map((h, i) => (i < 2 ? h.padEnd(widths[i]) : h.padStart(widths[i]))).join(' '));
@@ -436,7 +453,11 @@ function chromiumVersion() {
   return (r.stdout || 'chromium').trim();
 }
 
-main().catch((e) => {
-  console.error(`bench-browser: ${e.stack ?? e}`);
-  process.exit(1);
-});
+export { keepLargestComponent, openInsitu, openTfjs, startProductServer, startTfjsServer };
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  main().catch((e) => {
+    console.error(`bench-browser: ${e.stack ?? e}`);
+    process.exit(1);
+  });
+}

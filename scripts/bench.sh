@@ -3,6 +3,11 @@
 # CPU: the implementation whose outputs our tests match), on the same input and model.
 #
 #   scripts/bench.sh [--model tissue_fast|subcortical|DKatlas|mindgrab] [--repeat N] [--input FILE]
+#                    [--browser [--browser-args "--sizes 64,128 --repeat 2 ..."]]
+#
+# --browser then runs the browser side by side, `node scripts/bench-browser.mjs` (insitu's page,
+# CPU and WebGPU, against TensorFlow.js's webgl, wasm and webgpu backends in one headless
+# Chromium; see that script), with --browser-args passed to it.
 #
 # Then the kernels alone: `insitu bench-kernels` (each layer on a 128³ cube, GFLOP/s) against the
 # machine's measured peak, numpy's sgemm (OpenBLAS) on all cores.
@@ -28,7 +33,9 @@ root=$(pwd)
 model=tissue_fast
 repeat=1
 input=
-usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; }
+browser=0
+browser_args=
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --model|-m) model=${2:?--model needs a value}; shift 2 ;;
@@ -37,6 +44,9 @@ while [ $# -gt 0 ]; do
     --repeat=*) repeat=${1#*=}; shift ;;
     --input|-i) input=${2:?--input needs a value}; shift 2 ;;
     --input=*) input=${1#*=}; shift ;;
+    --browser) browser=1; shift ;;
+    --browser-args) browser_args=${2?--browser-args needs a value}; shift 2 ;;
+    --browser-args=*) browser_args=${1#*=}; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench: unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -247,3 +257,10 @@ total = float(lines[-1].split()[-1])
 print(f"peak: numpy {np.__version__} sgemm {n}x{n} (OpenBLAS, all cores) {peak:.1f} GFLOP/s; "
       f"insitu's layers together {total:.1f} GFLOP/s = {100 * total / peak:.0f} % of it")
 EOF
+
+# --- the browser, side by side with TF.js ------------------------------------------------------
+if [ "$browser" = 1 ]; then
+  log "browser: node scripts/bench-browser.mjs $browser_args"
+  # shellcheck disable=SC2086 # browser_args is a list of options
+  node scripts/bench-browser.mjs $browser_args || die "the browser benchmark failed"
+fi
