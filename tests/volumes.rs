@@ -570,7 +570,8 @@ fn cli_info_lists_the_volumes_and_volume_picks_one() {
 /// Build the CT once with `tests/fixtures/big_ct/make_big_ct.py` (see its docstring), then
 /// `cargo test --release --features gpu --test volumes -- --ignored big_ct --nocapture`.
 /// Opens it (header estimate first), then segments it with the CLI under `/usr/bin/time -v`
-/// and `--max-memory 1024`, and checks the peak resident memory stays within the bound below.
+/// and `--max-memory 1024`, and checks the peak resident memory stays within the header's
+/// estimate plus that 1 GiB (measured 2026-12-02: peak 1.6 GiB, estimate 1.4 GiB, 22 to 36 s).
 #[test]
 #[ignore]
 fn big_ct_512x512x800_opens_and_segments_with_bounded_memory() {
@@ -635,9 +636,9 @@ fn big_ct_512x512x800_opens_and_segments_with_bounded_memory() {
     let labels = nifti::read_nifti(&std::fs::read(&out_path).unwrap()).unwrap();
     assert_eq!(labels.geometry.dims, [512, 512, 800]);
     let _ = std::fs::remove_file(&out_path);
-    // The input (203 MiB), its float32 voxels (800 MiB), the native labels (400 MiB), the
-    // model's 256³ work and the --max-memory 1 GiB of activations.
-    let bound = 4u64 << 30;
+    // What the header says (the input, its float32 voxels, the native labels: 1.4 GiB) plus
+    // the 1 GiB --max-memory lets the activations take (measured: 1.6 GiB in all).
+    let bound = need.total_bytes + (1 << 30);
     assert!(
         peak_kib * 1024 <= bound,
         "peak RSS {} above {}",

@@ -7,7 +7,7 @@ use insitu::engine::PreparedNetwork;
 use insitu::metrics::{self, EvalOptions, LabelMapping, Report};
 use insitu::models::{self, ModelEntry, ModelFiles, Registry};
 use insitu::pipeline::{self, SegmentOptions, Segmentation, Stage};
-use insitu::volume::{self, nifti, FilesContent, Format, LabelMap, Volume};
+use insitu::volume::{self, nifti, Format, LabelMap, Opened, Volume};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -57,6 +57,10 @@ enum Command {
         /// DICOM directory with several series: the SeriesInstanceUID to segment.
         #[arg(long)]
         series: Option<String>,
+        /// Of an input holding several 3-D volumes (4-D NIfTI, fMRI/DWI/multi-echo DICOM):
+        /// the one to use, from 0 (default 0; `insitu info` lists them).
+        #[arg(long, value_name = "N")]
+        volume: Option<usize>,
     },
     /// Segment what boxes point at with a promptable model (LiteMedSAM) and write the label
     /// map (NIfTI) on the input's grid.
@@ -102,6 +106,10 @@ enum Command {
         /// DICOM directory with several series: the SeriesInstanceUID to show.
         #[arg(long)]
         series: Option<String>,
+        /// Of an input holding several 3-D volumes (4-D NIfTI, fMRI/DWI/multi-echo DICOM):
+        /// the one to use, from 0 (default 0; `insitu info` lists them).
+        #[arg(long, value_name = "N")]
+        volume: Option<usize>,
     },
     /// Convert a volume to NIfTI, optionally cropping it.
     Convert {
@@ -111,6 +119,13 @@ enum Command {
         /// Keep only the box `i0,j0,k0,ni,nj,nk` (voxel indices and sizes).
         #[arg(long, value_parser = parse_box)]
         crop: Option<[usize; 6]>,
+        /// DICOM directory with several series: the SeriesInstanceUID to convert.
+        #[arg(long)]
+        series: Option<String>,
+        /// Of an input holding several 3-D volumes (4-D NIfTI, fMRI/DWI/multi-echo DICOM):
+        /// the one to use, from 0 (default 0; `insitu info` lists them).
+        #[arg(long, value_name = "N")]
+        volume: Option<usize>,
     },
     /// Evaluate a segmentation against reference labels (Dice, IoU, HD95, ASSD, NSD, volumes),
     /// or a model over a cohort: `--model ID --images DIR --labels DIR -o report.csv`.
@@ -257,6 +272,7 @@ fn run(cli: Cli) -> Result<()> {
             device,
             like_input,
             series,
+            volume,
         } => segment(
             model,
             &input,
@@ -265,7 +281,7 @@ fn run(cli: Cli) -> Result<()> {
             crop,
             device,
             like_input,
-            series.as_deref(),
+            (series.as_deref(), volume),
             budget,
         ),
         Command::Prompt {
@@ -295,12 +311,15 @@ fn run(cli: Cli) -> Result<()> {
             input,
             json,
             series,
-        } => info(&input, json, series.as_deref()),
+            volume,
+        } => info(&input, json, series.as_deref(), volume),
         Command::Convert {
             input,
             output,
             crop,
-        } => convert(&input, &output, crop),
+            series,
+            volume,
+        } => convert(&input, &output, crop, series.as_deref(), volume),
         Command::Fetch { dest, models } => fetch(&dest, &models),
         Command::BenchKernels {
             model,
@@ -477,7 +496,7 @@ fn require_dense(entry: &ModelEntry) -> Result<()> {
 }
 
 fn read_input(path: &Path) -> Result<Volume> {
-    Ok(read_input_as(path, None)?.0)
+    Ok(read_input_as(path, None, None)?.0)
 }
 
 /// Files under `dir`, descending at most `depth` folders (DICOM exports nest series folders).
@@ -494,8 +513,32 @@ fn list_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> std::io::Resu
 }
 
 /// Reads a volume file, a `.mhd`/`.nhdr` header with its data file beside it, or a DICOM
-/// directory (`series` picks one when it holds several).
-fn read_input_as(path: &Path, series: Option<&str>) -> Result<(Volume, Format)> {
+/// directory (`series` picks one when it holds several; `volume` one of a 4-D input's volumes,
+/// default the first, which is then said on stderr).
+fn read_input_as(
+    path: &Path,
+    series: Option<&str>,
+    volume: Option<usize>,
+) -> Result<(Volume, Format)> {
+    let opened = open_input(path, series, volume)?;
+    if volume.is_none() && opened.volumes.len() > 1 {
+        eprintln!(
+            "insitu: {}: holds {} volumes; using volume 0 ({}); pick another with --volume N \
+             (insitu info lists them)",
+            path.display(),
+            opened.volumes.len(),
+            opened.volumes[0].description
+        );
+    }
+    Ok((opened.volume, opened.format))
+}
+
+/// Opens an input as [`read_input_as`] does, with the list of the volumes it holds.
+fn open_input(
+    path: &Path,
+    series: Option<&str>,
+    volume: Option<usize>,
+) -> Result<volume::OpenedVolume> {
     let name = path.display().to_string();
     let mut files = Vec::new();
     if path.is_dir() {
@@ -529,27 +572,27 @@ fn read_input_as(path: &Path, series: Option<&str>) -> Result<(Volume, Format)> 
             }
         }
     }
-    match volume::read_files(&files, series).map_err(|e| anyhow!("{name}: {e}"))? {
-        FilesContent::Volume {
-            volume,
-            format,
-            skipped,
-        } => {
-            if !skipped.is_empty() {
+    match volume::open_files(&files, series, volume).map_err(|e| anyhow!("{name}: {e}"))? {
+        Opened::Volume(opened) => {
+            if !opened.skipped.is_empty() {
                 eprintln!(
                     "insitu: {name}: skipped {} file(s) that are not part of the volume",
-                    skipped.len()
+                    opened.skipped.len()
                 );
             }
-            Ok((volume, format))
+            Ok(opened)
         }
-        FilesContent::Series(list) => {
+        Opened::Series(list) => {
             let lines: Vec<String> = list
                 .series
                 .iter()
                 .map(|s| {
+                    let volumes = match s.volumes.len() {
+                        0 | 1 => String::new(),
+                        n => format!(", {n} volumes"),
+                    };
                     format!(
-                        "  {}  {} {} ({} files, {:?})",
+                        "  {}  {} {} ({} files, {:?}{volumes})",
                         s.uid,
                         s.modality,
                         s.description,
@@ -628,11 +671,11 @@ fn segment(
     crop: bool,
     choice: DeviceChoice,
     like_input: bool,
-    series: Option<&str>,
+    (series, volume): (Option<&str>, Option<usize>),
     budget: usize,
 ) -> Result<()> {
     let entry = dense_model(model.as_deref())?;
-    let (volume, format) = read_input_as(input, series)?;
+    let (volume, format) = read_input_as(input, series, volume)?;
     let runner = prepare_model(entry, choice, budget)?;
     let result = run_model(entry, &runner, &volume, &input.display().to_string(), crop)?;
     eprintln!(
@@ -892,8 +935,9 @@ fn write_labels(labels: &LabelMap, output: &Path) -> Result<()> {
         .with_context(|| format!("{}: cannot write", output.display()))
 }
 
-fn info(input: &Path, json: bool, series: Option<&str>) -> Result<()> {
-    let (volume, format) = read_input_as(input, series)?;
+fn info(input: &Path, json: bool, series: Option<&str>, volume: Option<usize>) -> Result<()> {
+    let opened = open_input(input, series, volume)?;
+    let (volume, format) = (&opened.volume, opened.format);
     let g = &volume.geometry;
     let (min, max) = volume
         .data
@@ -910,6 +954,11 @@ fn info(input: &Path, json: bool, series: Option<&str>) -> Result<()> {
             "affine": g.affine,
             "min": min,
             "max": max,
+            "volume": opened.chosen,
+            "volumes": opened.volumes.iter().map(|v| serde_json::json!({
+                "index": v.index, "description": v.description,
+                "echo_time_ms": v.echo_time_ms, "b_value": v.b_value,
+            })).collect::<Vec<_>>(),
         });
         out!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(());
@@ -933,6 +982,16 @@ fn info(input: &Path, json: bool, series: Option<&str>) -> Result<()> {
             row[3]
         );
     }
+    if opened.volumes.len() > 1 {
+        out!(
+            "volumes     {} (this is volume {}; choose with --volume N)",
+            opened.volumes.len(),
+            opened.chosen
+        );
+        for v in &opened.volumes {
+            out!("  {:>4}  {}", v.index, v.description);
+        }
+    }
     Ok(())
 }
 
@@ -949,8 +1008,14 @@ fn parse_box(text: &str) -> Result<[usize; 6], String> {
     parse_indices(text, "expected six numbers: i0,j0,k0,ni,nj,nk")
 }
 
-fn convert(input: &Path, output: &Path, crop: Option<[usize; 6]>) -> Result<()> {
-    let mut volume = read_input(input)?;
+fn convert(
+    input: &Path,
+    output: &Path,
+    crop: Option<[usize; 6]>,
+    series: Option<&str>,
+    volume: Option<usize>,
+) -> Result<()> {
+    let mut volume = read_input_as(input, series, volume)?.0;
     if let Some(b) = crop {
         volume = insitu::volume::crop(&volume, [b[0], b[1], b[2]], [b[3], b[4], b[5]])
             .map_err(|e| anyhow!("{}: {e}", input.display()))?;
@@ -1119,7 +1184,7 @@ fn prompt(
             }
         })
         .collect();
-    let (volume, _) = read_input_as(input, series)?;
+    let (volume, _) = read_input_as(input, series, None)?;
     let name = input.display().to_string();
     sam::check_prompts(volume.geometry.dims, &prompts).map_err(|e| anyhow!("{name}: {e}"))?;
 
