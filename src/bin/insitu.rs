@@ -955,10 +955,7 @@ fn info(input: &Path, json: bool, series: Option<&str>, volume: Option<usize>) -
             "min": min,
             "max": max,
             "volume": opened.chosen,
-            "volumes": opened.volumes.iter().map(|v| serde_json::json!({
-                "index": v.index, "description": v.description,
-                "echo_time_ms": v.echo_time_ms, "b_value": v.b_value,
-            })).collect::<Vec<_>>(),
+            "volumes": opened.volumes,
         });
         out!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(());

@@ -254,10 +254,8 @@ enum Parsed {
 /// Parses a file's header (`bytes` may be the first bytes of a file of `size` bytes); Err for
 /// a broken DICOM image.
 fn classify(name: &str, bytes: &[u8], size: u64) -> Result<Parsed, VolumeError> {
-    if bytes.len() >= 132 && !is_dicom(bytes) {
-        return Ok(Parsed::Skip("not a DICOM file".into()));
-    }
-    if bytes.len() < 132 && bytes.len() as u64 == size {
+    // Fewer than 132 bytes of a longer file cannot tell yet (the marker ends at byte 132).
+    if (bytes.len() >= 132 || bytes.len() as u64 == size) && !is_dicom(bytes) {
         return Ok(Parsed::Skip("not a DICOM file".into()));
     }
     match Instance::parse(name, bytes, size) {
@@ -1126,10 +1124,7 @@ impl Instance {
         let native_le = codec == PixelCodec::Native && self.ts != EXPLICIT_BE;
         let samples: std::borrow::Cow<[u8]> = if native_le {
             if len == UNDEFINED {
-                return Err(broken(
-                    "the pixel data is encapsulated (compressed) but the transfer syntax is not"
-                        .into(),
-                ));
+                return Err(encapsulated_native());
             }
             let data = bytes
                 .get(value..)
@@ -1158,13 +1153,7 @@ impl Instance {
                     (PixelCodec::Native, DicomValue::Primitive(p)) => {
                         Some(p.to_bytes().into_owned())
                     }
-                    (PixelCodec::Native, _) => {
-                        return Err(broken(
-                            "the pixel data is encapsulated (compressed) but the transfer syntax \
-                             is not"
-                                .into(),
-                        ))
-                    }
+                    (PixelCodec::Native, _) => return Err(encapsulated_native()),
                     (_, DicomValue::PixelSequence(seq)) => {
                         let fragments = seq.fragments();
                         let total: usize = fragments.iter().map(|f| f.len()).sum();
@@ -1307,6 +1296,10 @@ impl Instance {
             }
         }
     }
+}
+
+fn encapsulated_native() -> VolumeError {
+    broken("the pixel data is encapsulated (compressed) but the transfer syntax is not".into())
 }
 
 /// A file's pixel data, ready to decode frame by frame.

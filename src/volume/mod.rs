@@ -286,13 +286,9 @@ fn read_one_volume(
     let (v, volumes, chosen) = match format {
         Format::Nifti | Format::NiftiGz => {
             let info = nifti::read_nifti_header(bytes)?;
-            if info.frames == 1 && volume.unwrap_or(0) == 0 {
-                (nifti::read_nifti(bytes)?, numbered_volumes(1, None, "")?, 0)
-            } else {
-                let volumes = numbered_volumes(info.frames, info.frame_seconds, "the NIfTI file")?;
-                let k = pick_volume(volume, info.frames, "the NIfTI file")?;
-                (nifti::read_nifti_volume(bytes, k)?, volumes, k)
-            }
+            let volumes = numbered_volumes(info.frames, info.frame_seconds, "the NIfTI file")?;
+            let k = pick_volume(volume, info.frames, "the NIfTI file")?;
+            (nifti::read_nifti_volume(bytes, k)?, volumes, k)
         }
         Format::Mgh | Format::Mgz => {
             let frames = mgh::frame_count(bytes)?;
@@ -560,16 +556,10 @@ pub fn memory_need(
     match detect_format(name, head)? {
         Format::Nifti | Format::NiftiGz => {
             let info = nifti::read_nifti_header(head)?;
-            let stored = match info.datatype {
-                "uint8" | "int8" => 1,
-                "int16" | "uint16" => 2,
-                "int32" | "uint32" | "float32" => 4,
-                _ => 8,
-            };
             Ok(MemoryNeed::new(
                 info.geometry.dims,
                 info.frames,
-                stored,
+                info.bytes_per_voxel,
                 file_size,
             ))
         }

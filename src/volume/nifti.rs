@@ -49,6 +49,8 @@ pub struct NiftiInfo {
     /// On-disk voxel type: "uint8", "int8", "int16", "uint16", "int32", "uint32", "int64",
     /// "uint64", "float32" or "float64".
     pub datatype: &'static str,
+    /// Bytes per voxel of `datatype` on disk.
+    pub bytes_per_voxel: usize,
     /// NIfTI version: 1 or 2.
     pub version: u8,
     /// `scl_slope` and `scl_inter` as stored; they are applied only when the slope is finite
@@ -770,6 +772,7 @@ fn check_header(
         info: NiftiInfo {
             geometry,
             datatype: datatype.name(),
+            bytes_per_voxel: datatype.size(),
             version: raw.version,
             scl_slope: raw.scl_slope,
             scl_inter: raw.scl_inter,
