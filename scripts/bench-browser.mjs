@@ -25,8 +25,12 @@
 // the labels back (the input tensor already in the page). Ratios: TF.js ÷ insitu inference (above
 // 1: insitu faster). Agreement: share of voxels with the same label.
 //
-// `--impls ...,tfjs-wasm-own` adds TF.js wasm fed the crop's own voxels, min-max normalized over
-// the crop, without insitu's conform (what a side-by-side that skips conform gives: see README).
+// TF.js gets the crop grown by the network's receptive radius (the zeros of the conformed grid
+// around it), as insitu's network reads it, and the labels of the crop are kept: zero padding
+// applies at every layer, so a pass over the bare crop differs near its faces. Two more rows show
+// what a side-by-side without that care measures (see README): `--impls ...,tfjs-wasm-crop` (the
+// same normalized crop, no margin) and `tfjs-wasm-own` (the crop's own voxels, min-max over the
+// crop, without insitu's conform; no margin).
 //
 // The TF.js page (scripts/bench-browser/) is served by this script's own server on another port,
 // cross-origin isolated so the wasm backend can use its threads; it is never part of dist/.
@@ -39,7 +43,7 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { CHROMIUM, DIST, ROOT, idle, missingBuild, readNifti } from '../tests/browser/helpers.mjs';
 
-const IMPLS = ['insitu-cpu', 'insitu-webgpu', 'tfjs-wasm', 'tfjs-webgl', 'tfjs-webgpu', 'tfjs-wasm-own'];
+const IMPLS = ['insitu-cpu', 'insitu-webgpu', 'tfjs-wasm', 'tfjs-webgl', 'tfjs-webgpu', 'tfjs-wasm-crop', 'tfjs-wasm-own'];
 const DEFAULT_IMPLS = IMPLS.slice(0, 5);
 const GPU_IMPLS = new Set(['insitu-webgpu', 'tfjs-webgl', 'tfjs-webgpu']);
 const RUN_TIMEOUT_MS = 30 * 60_000;
@@ -269,9 +273,12 @@ async function openTfjs(context, origin, backend) {
     info,
     async run(size) {
       const r = await page
-        .evaluate((a) => window.tfjsBench.run(a), { url: `${origin}/model/model.json`, inputUrl: `${origin}/inputs/${size.input}`, dims: size.dims })
+        .evaluate((a) => window.tfjsBench.run(a), {
+          url: `${origin}/model/model.json`, inputUrl: `${origin}/inputs/${size.input}`, dims: size.dims, outStart: size.outStart, outDims: size.outDims,
+        })
         .catch((e) => { throw new Error(`TF.js ${backend} at ${size.dims.join('x')}: ${e.message}${tail()}`); });
-      return { ms: r.ms, pageMs: r.ms + r.loadMs, labels: keepLargestComponent(new Uint8Array(Buffer.from(r.labels, 'base64')), size.dims), raw: true, device };
+      const raw = new Uint8Array(Buffer.from(r.labels, 'base64'));
+      return { ms: r.ms, pageMs: r.ms + r.loadMs, labels: keepLargestComponent(raw, size.dims), rawLabels: raw, device };
     },
   };
 }
@@ -363,7 +370,7 @@ async function main() {
     const runners = {};
     for (const impl of args.impls) {
       log(`opening ${impl}`);
-      const [kind, backend] = impl.split('-'); // tfjs-wasm-own: backend wasm
+      const [kind, backend] = impl.split('-'); // tfjs-wasm-own, tfjs-wasm-crop: backend wasm
       runners[impl] = kind === 'insitu'
         ? await openInsitu(context, product.origin, backend, args.model)
         : await openTfjs(context, tfServer.origin, backend);
@@ -371,7 +378,8 @@ async function main() {
     for (const size of allSizes) {
       const impls = args.impls.filter((impl) => sizesFor(impl).includes(size));
       const info = inputs.info[size];
-      const sizeArg = { dims: info.dims, input: `t1_${size}_${args.model}.f32` };
+      // The crop grown by the receptive radius, as insitu's network reads it; labels of the crop.
+      const sizeArg = { dims: info.grown_dims, outStart: info.crop_in_grown, outDims: info.dims, input: `t1_${size}_${args.model}_grown.f32` };
       for (const impl of impls) if (impl.startsWith('insitu')) await runners[impl].setInput(join(inputs.dir, info.volume));
       const rounds = Math.max(...impls.map((impl) => (GPU_IMPLS.has(impl) ? args.gpuRepeat : args.repeat)));
       for (let round = 0; round <= rounds; round++) {
@@ -381,10 +389,14 @@ async function main() {
           if (round > wanted) continue;
           const kind = round === 0 ? 'first' : 'warm';
           log(`${size}³ ${impl} ${kind}${round ? ` ${round}/${wanted}` : ''} (load ${load()})`);
-          const arg = impl === 'tfjs-wasm-own' ? { ...sizeArg, input: `t1_${size}_own.f32` } : sizeArg;
+          const bare = { dims: info.dims, outStart: [0, 0, 0], outDims: info.dims };
+          const arg = impl === 'tfjs-wasm-own' ? { ...bare, input: `t1_${size}_own.f32` }
+            : impl === 'tfjs-wasm-crop' ? { ...bare, input: `t1_${size}_${args.model}_crop.f32` } : sizeArg;
           const r = await runners[impl].run(impl.startsWith('insitu') ? undefined : arg);
           devices[impl] = r.device;
           labels[`${impl}@${size}`] = r.labels;
+          writeFileSync(join(args.out, `labels_${impl}_${size}.u8`), r.labels);
+          if (r.rawLabels) writeFileSync(join(args.out, `labels_${impl}_${size}_raw.u8`), r.rawLabels);
           results.push({ impl, size, kind, ms: r.ms, pageMs: r.pageMs });
           log(`   ${(r.ms / 1000).toFixed(2)} s${impl.startsWith('insitu') ? ` (page ${(r.pageMs / 1000).toFixed(2)} s)` : ''}`);
         }
@@ -405,7 +417,7 @@ async function main() {
   for (const impl of args.impls) out(`  ${impl.padEnd(14)} ${devices[impl] ?? ''}`);
   out('times in seconds; first = first run at that size (model preparation, shader compilation); warm = median of the later runs');
   out(`insitu: inference = the page's network + argmax time, page = click to labels; TF.js: predict + argMax + labels read back`);
-  const tfjsImpls = args.impls.filter((i) => i.startsWith('tfjs') && i !== 'tfjs-wasm-own');
+  const tfjsImpls = args.impls.filter((i) => ['tfjs-wasm', 'tfjs-webgl', 'tfjs-webgpu'].includes(i));
   const header = ['size', 'impl', 'first', 'warm', 'page warm', 'runs', ...tfjsImpls.map((t) => `${t.slice(5)}/x`), '= insitu-cpu', '= tfjs-wasm'];
   const widths = [5, 14, 8, 8, 10, 5, ...tfjsImpls.map(() => 9), 13, 12];
   out(header.map((h, i) => (i < 2 ? h.padEnd(widths[i]) : h.padStart(widths[i]))).join(' '));

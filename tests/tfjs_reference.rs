@@ -136,10 +136,12 @@ fn tissue_gw_tfjs_equals_tfjs() {
 
 /// Writes the inputs of the browser benchmark (`scripts/bench-browser.mjs`), which runs insitu's
 /// page and TF.js side by side: for each size S, a S³ crop of t1_crop.nii.gz centred on the
-/// grid's centre (`t1_S.nii.gz`, what the page is given) and the normalized tensor insitu's
-/// network sees for it, on the crop's own grid (`t1_S_MODEL.f32`, float32 little-endian, i
-/// fastest: what TF.js is given), with `t1_S_MODEL.json` describing it. The crop lies on the 1 mm
-/// LIA grid, so conformed and native voxels differ by a whole-voxel shift (checked).
+/// grid's centre (`t1_S.nii.gz`, what the page is given); the normalized tensor insitu's network
+/// reads for it: the crop grown by the receptive radius on the conformed grid
+/// (`t1_S_MODEL_grown.f32`, float32 little-endian, i fastest: what TF.js is given) and the crop
+/// alone (`t1_S_MODEL_crop.f32`); insitu's raw argmax on the crop (`t1_S_MODEL_insitu_raw.u8`);
+/// and `t1_S_MODEL.json` describing them. The crop lies on the 1 mm LIA grid, so conformed and
+/// native voxels differ by a whole-voxel shift (checked).
 ///
 /// `INSITU_BENCH_DIR=DIR INSITU_BENCH_SIZES=64,128 INSITU_BENCH_MODEL=tissue_gw_tfjs
 ///  cargo test --features gpu --test tfjs_reference -- --ignored --exact write_bench_inputs`
@@ -203,21 +205,60 @@ fn write_bench_inputs() {
             .map(|(_, &n)| n)
             .take(1)
             .collect();
+        // insitu's raw argmax there (before the clean-up), on the crop's grid: what TF.js's
+        // argmax must equal.
+        let network = common::network(&model_id).expect("model loads");
+        let native_box = OutputBox {
+            start: [0, 1, 2].map(|a| (-shift[a]) as usize),
+            size: [size; 3],
+        };
+        let (raw, _) = pollster::block_on(PreparedNetwork::cpu(&network).segment(
+            &normalized,
+            cd,
+            native_box,
+            None,
+            &mut |_| {},
+        ))
+        .expect("segmentation runs");
+        let raw: Vec<u8> = raw.iter().map(|&l| l as u8).collect();
+        // What insitu's network reads for that box: the box grown by the receptive radius
+        // (clipped to the conformed grid), zeros of the conformed grid around the crop included.
+        // Zero padding applies at every layer, so TF.js must get this margin too to compute what
+        // insitu computes (on the bare crop it pads each layer's input at the crop's faces).
+        let r = network.receptive_radius();
+        let lo = native_box.start.map(|s| s.saturating_sub(r));
+        let hi = [0, 1, 2].map(|a| (native_box.start[a] + size + r).min(cd[a]));
+        let input_dims = [0, 1, 2].map(|a| hi[a] - lo[a]);
+        let mut grown = Vec::with_capacity(input_dims.iter().product());
+        for k in lo[2]..hi[2] {
+            for j in lo[1]..hi[1] {
+                let row = (k * cd[1] + j) * cd[0];
+                grown.extend_from_slice(&normalized[row + lo[0]..row + hi[0]]);
+            }
+        }
+        let grown_bytes: Vec<u8> = grown.iter().flat_map(|v| v.to_le_bytes()).collect();
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let stem = format!("t1_{size}_{model_id}");
-        std::fs::write(dir.join(format!("{stem}.f32")), &bytes).unwrap();
+        std::fs::write(dir.join(format!("{stem}_insitu_raw.u8")), &raw).unwrap();
+        std::fs::write(dir.join(format!("{stem}_grown.f32")), &grown_bytes).unwrap();
+        std::fs::write(dir.join(format!("{stem}_crop.f32")), &bytes).unwrap();
+        let crop_in_grown = [0, 1, 2].map(|a| native_box.start[a] - lo[a]);
         let info = serde_json::json!({
             "model": model_id,
             "volume": format!("t1_{size}.nii.gz"),
             "crop_start": start,
             "dims": [size, size, size],
+            "grown_dims": input_dims,
+            "crop_in_grown": crop_in_grown,
+            "receptive_radius": r,
             "normalization": model.input.normalization,
             "native_minus_conformed": shift,
             "zero_voxels_in_crop": zeros,
             "normalized_zero": outside.first(),
             "min": values.iter().copied().fold(f32::INFINITY, f32::min),
             "max": values.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-            "sha256": sha256_hex(&bytes),
+            "crop_sha256": sha256_hex(&bytes),
+            "grown_sha256": sha256_hex(&grown_bytes),
         });
         std::fs::write(dir.join(format!("{stem}.json")), serde_json::to_string_pretty(&info).unwrap()).unwrap();
         eprintln!("{}: {info}", dir.join(&stem).display());

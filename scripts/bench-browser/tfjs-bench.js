@@ -60,8 +60,11 @@
     return performance.now() - t;
   }
 
-  /** One forward pass on the raw float32 tensor at `inputUrl` (dims [ni, nj, nk], i fastest). */
-  async function run({ url, inputUrl, dims }) {
+  /**
+   * One forward pass on the raw float32 tensor at `inputUrl` (dims [ni, nj, nk], i fastest);
+   * the labels of the `outDims` box at `outStart` of it (default: all of it).
+   */
+  async function run({ url, inputUrl, dims, outStart = [0, 0, 0], outDims = dims }) {
     const loadMs = await load(url);
     const [ni, nj, nk] = dims;
     const data = new Float32Array(await (await fetch(inputUrl)).arrayBuffer());
@@ -70,8 +73,9 @@
     // [k][j][i] -> transpose -> [1, i, j, k, 1], brainchop's enableTranspose
     const labels = tf.tidy(() => {
       const input = tf.tensor3d(data, [nk, nj, ni]).transpose().reshape([1, ni, nj, nk, 1]);
+      const out = model.predict(input).squeeze([0]).slice([...outStart, 0], [...outDims, -1]);
       // back to [k][j][i] before the argmax: TF.js 4.22's webgpu transpose miscompiles int32
-      return model.predict(input).squeeze([0]).transpose([2, 1, 0, 3]).argMax(-1);
+      return out.transpose([2, 1, 0, 3]).argMax(-1);
     });
     const values = await labels.data(); // [k][j][i]: i fastest, as the NIfTI
     labels.dispose();
