@@ -1,18 +1,20 @@
 //! The browser adapter: a thin wasm-bindgen layer over the core, called from the Web Worker.
-//! Everything here converts between JS values and core types; no logic of its own.
+//! [`Insitu`] is the worker's handle on the core (as burn's web examples own their model): it
+//! keeps the opened volume, the loaded models and their copies prepared per device between
+//! calls, so a run sends neither the volume nor the weights again. Everything here converts
+//! between JS values and core types; the run itself is [`crate::run`], as in the CLI.
 
-use crate::engine::{start_gpu, Gpu, PreparedNetwork};
+use crate::device::{self, DeviceChoice, DeviceRequest, Gpu};
 use crate::metrics::{self, EvalOptions, LabelMapping};
-use crate::models::{self, ModelFiles, Registry};
-use crate::pipeline::{self, SegmentOptions, Stage};
-use crate::volume::{self, nifti, FilesContent, LabelMap};
-use js_sys::{Function, Map, Object, Reflect, Uint8Array};
+use crate::models::{fit, ModelFiles, Registry};
+use crate::pipeline::{self, Stage};
+use crate::run::{self, DenseModel, DenseRun, Prepared};
+use crate::volume::{self, nifti, FilesContent, Format, LabelMap, Volume};
+use js_sys::{Function, Map, Object, Promise, Reflect, Uint8Array};
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use wasm_bindgen::prelude::*;
-
-/// Activation memory the CPU path may hold in wasm's 4 GiB address space (its two
-/// activations; the whole 256³ grid of a 5-channel model takes 0.75 GiB).
-const CPU_MEMORY_BUDGET: usize = 1 << 30;
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -36,22 +38,27 @@ fn file_list(files: &Map) -> Vec<(String, Vec<u8>)> {
     list
 }
 
-/// Opens a selection of files (`Map<name, Uint8Array>`): one volume file, a `.mhd`/`.nhdr`
-/// header with its data file, or DICOM files (`series` picks one of several series).
-/// Resolves `{series: [{uid, description, number, modality, files, dims}], skipped}` when the
-/// files hold several series and none was chosen, else `{info: {dims, spacing, orientation,
-/// affine, format}, skipped, view?}` where `view` (when `with_view`) is the volume as an
-/// uncompressed NIfTI for the viewer. `skipped` lists `[file, why]` of files not used.
+/// Reads a selection of files (`Map<name, Uint8Array>`) without keeping it (e.g. to check a
+/// reference label file): what [`Insitu::open`] resolves, see there.
 #[wasm_bindgen]
-pub fn open_volume(
+pub fn inspect_volume(
     files: Map,
     series: Option<String>,
     with_view: bool,
 ) -> Result<JsValue, JsError> {
+    read_selection(&files, series.as_deref(), with_view).map(|(summary, _)| summary)
+}
+
+/// The summary of a selection of files, and the volume when they hold one.
+fn read_selection(
+    files: &Map,
+    series: Option<&str>,
+    with_view: bool,
+) -> Result<(JsValue, Option<(Volume, Format)>), JsError> {
     let error = |e: &dyn std::fmt::Display| JsError::new(&e.to_string());
-    let files = file_list(&files);
-    let (summary, view) =
-        match volume::read_files(&files, series.as_deref()).map_err(|e| error(&e))? {
+    let files = file_list(files);
+    let (summary, view, opened) =
+        match volume::read_files(&files, series).map_err(|e| error(&e))? {
             FilesContent::Series(list) => {
                 let series: Vec<_> = list
                     .series
@@ -65,6 +72,7 @@ pub fn open_volume(
                     .collect();
                 (
                     serde_json::json!({"series": series, "skipped": list.skipped}),
+                    None,
                     None,
                 )
             }
@@ -82,7 +90,8 @@ pub fn open_volume(
                     "format": format.name(),
                 });
                 let view = with_view.then(|| nifti::write_volume(&volume, false));
-                (serde_json::json!({"info": info, "skipped": skipped}), view)
+                let summary = serde_json::json!({"info": info, "skipped": skipped});
+                (summary, view, Some((volume, format)))
             }
         };
     let out =
@@ -95,7 +104,7 @@ pub fn open_volume(
         )
         .map_err(|_| JsError::new("cannot build the result object"))?;
     }
-    Ok(out)
+    Ok((out, opened))
 }
 
 /// Metrics of a segmentation against reference labels. `mapping` is a preset key, a mapping
@@ -161,45 +170,169 @@ pub fn mapping_presets_json() -> String {
     serde_json::Value::Array(presets).to_string()
 }
 
-thread_local! {
-    /// The GPU, started once per worker (burn's runtime cannot be re-initialised).
-    static GPU: RefCell<Option<Gpu>> = const { RefCell::new(None) };
-}
-
-async fn gpu() -> Result<Gpu, String> {
-    if let Some(gpu) = GPU.with(|g| g.borrow().clone()) {
-        return Ok(gpu);
-    }
-    let gpu = start_gpu()
-        .await
-        .map_err(|e| format!("WebGPU is not available: {e}"))?;
-    GPU.with(|g| *g.borrow_mut() = Some(gpu.clone()));
-    Ok(gpu)
-}
+/// Activation memory the CPU path may hold in wasm's 4 GiB address space (its two
+/// activations; the whole 256³ grid of a 5-channel model takes 0.75 GiB).
+const CPU_MEMORY_BUDGET: usize = 1 << 30;
 
 /// The wasm linear memory's size: its high-water mark, since it never shrinks.
 fn wasm_heap_bytes() -> usize {
     core::arch::wasm32::memory_size(0) * 65536
 }
 
-/// Segments the volume in `input` (files as for [`open_volume`], `series` as chosen there;
-/// `input_name` names it in errors) with model `model_id` whose files are given by name.
-/// `options`: `{backend: "auto"|"webgpu"|"cpu", crop: bool}`. `on_progress(stage, done, total)`.
-/// Resolves `{labels: Uint8Array (.nii.gz on the input's grid), labels_like_input: Uint8Array
-/// (the same labels in the input's format), like_input_extension, backend, adapter, timings_ms,
-/// n_classes, parameters, gflops, peak_tensor_mb, wasm_heap_mb}`.
+/// The worker's handle on the core.
 #[wasm_bindgen]
-#[allow(clippy::too_many_arguments)] // one flat call from the worker
-pub async fn segment(
-    input: Map,
-    series: Option<String>,
-    input_name: String,
-    model_id: String,
-    model_files: Map,
-    options: JsValue,
-    on_progress: Function,
-) -> Result<JsValue, JsError> {
-    let error = |e: &dyn std::fmt::Display| JsError::new(&e.to_string());
+pub struct Insitu {
+    state: Rc<RefCell<Kept>>,
+}
+
+/// What the handle keeps between calls.
+#[derive(Default)]
+struct Kept {
+    volume: Option<Rc<Opened>>,
+    models: HashMap<String, Rc<DenseModel>>,
+    /// By model id and backend ("cpu", "webgpu").
+    prepared: HashMap<(String, &'static str), Rc<Prepared>>,
+    /// Started once per worker (burn's runtime cannot be re-initialised), error included.
+    gpu: Option<Result<Gpu, String>>,
+}
+
+struct Opened {
+    volume: Volume,
+    format: Format,
+    name: String,
+}
+
+impl Default for Insitu {
+    fn default() -> Self {
+        Insitu::new()
+    }
+}
+
+#[wasm_bindgen]
+impl Insitu {
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> Insitu {
+        Insitu {
+            state: Rc::default(),
+        }
+    }
+
+    /// Opens a selection of files (`Map<name, Uint8Array>`; `name` names it in messages): one
+    /// volume file, a `.mhd`/`.nhdr` header with its data file, or DICOM files (`series` picks
+    /// one of several series). Resolves `{series: [{uid, description, number, modality, files,
+    /// dims}], skipped}` when the files hold several series and none was chosen, else keeps the
+    /// volume for [`segment`](Self::segment) and resolves `{info: {dims, spacing, orientation,
+    /// affine, format}, skipped, view?}` where `view` (when `with_view`) is the volume as an
+    /// uncompressed NIfTI for the viewer. `skipped` lists `[file, why]` of files not used. A
+    /// selection that fails leaves the kept volume as it was.
+    pub fn open(
+        &self,
+        name: String,
+        files: Map,
+        series: Option<String>,
+        with_view: bool,
+    ) -> Result<JsValue, JsError> {
+        let (summary, opened) = read_selection(&files, series.as_deref(), with_view)?;
+        if let Some((volume, format)) = opened {
+            self.state.borrow_mut().volume = Some(Rc::new(Opened {
+                volume,
+                format,
+                name,
+            }));
+        }
+        Ok(summary)
+    }
+
+    /// Where the kept volume does not fit what model `id`'s card accepts, in plain words
+    /// (empty when it fits, or when no volume is open); the user may run it regardless.
+    pub fn fit_warnings(&self, id: &str) -> Result<Vec<String>, JsError> {
+        let entry = Registry::builtin()
+            .get(id)
+            .map_err(|e| JsError::new(&e.to_string()))?;
+        Ok(match &self.state.borrow().volume {
+            Some(opened) => fit::warnings(entry, &opened.volume, &opened.name),
+            None => Vec::new(),
+        })
+    }
+
+    /// Whether model `id` is loaded (its files need not be sent again).
+    pub fn has_model(&self, id: &str) -> bool {
+        self.state.borrow().models.contains_key(id)
+    }
+
+    /// Checks model `id`'s files (`Map<name, Uint8Array>`) against the registry and loads it.
+    pub fn add_model(&self, id: &str, files: Map) -> Result<(), JsError> {
+        let files: ModelFiles = file_list(&files).into_iter().collect();
+        let model = DenseModel::load(id, &files).map_err(|e| JsError::new(&e.to_string()))?;
+        let mut kept = self.state.borrow_mut();
+        kept.prepared.retain(|(model_id, _), _| model_id != id);
+        kept.models.insert(id.to_string(), Rc::new(model));
+        Ok(())
+    }
+
+    /// Segments the kept volume with loaded model `model_id`. `options`: `{backend:
+    /// "auto"|"webgpu"|"cpu", crop: bool}`; `on_progress(stage, done, total)`. Resolves
+    /// `{labels: Uint8Array (.nii.gz on the input's grid), labels_like_input: Uint8Array (the
+    /// same labels in the input's format), like_input_extension, backend, adapter, reason
+    /// (why auto chose the device, or null), fallback (why the run moved to the CPU, or null),
+    /// timings_ms, n_classes, parameters, gflops, peak_tensor_mb, wasm_heap_mb}`.
+    pub fn segment(&self, model_id: String, options: JsValue, on_progress: Function) -> Promise {
+        let state = self.state.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            segment_kept(&state, &model_id, &options, &on_progress)
+                .await
+                .map_err(|e| JsError::new(&e).into())
+        })
+    }
+}
+
+/// The GPU of this worker, started on first use.
+async fn worker_gpu(state: &Rc<RefCell<Kept>>) -> Result<Gpu, String> {
+    if let Some(gpu) = state.borrow().gpu.clone() {
+        return gpu;
+    }
+    let gpu = device::start_gpu()
+        .await
+        .map_err(|e| format!("WebGPU is not available: {e}"));
+    state.borrow_mut().gpu = Some(gpu.clone());
+    gpu
+}
+
+async fn segment_kept(
+    state: &Rc<RefCell<Kept>>,
+    model_id: &str,
+    options: &JsValue,
+    on_progress: &Function,
+) -> Result<JsValue, String> {
+    let option = |key: &str| Reflect::get(options, &key.into()).ok();
+    let backend = option("backend")
+        .and_then(|v| v.as_string())
+        .unwrap_or_else(|| "auto".into());
+    let crop = option("crop").and_then(|v| v.as_bool()).unwrap_or(true);
+    let request = DeviceRequest::parse(&backend)?;
+
+    let (opened, model) = {
+        let kept = state.borrow();
+        let opened = kept.volume.clone().ok_or("no volume is open: open one first")?;
+        let model = kept.models.get(model_id).cloned().ok_or_else(|| {
+            format!("model {model_id} is not loaded: send its files first (add_model)")
+        })?;
+        (opened, model)
+    };
+    let choice: DeviceChoice =
+        device::choose(request, CPU_MEMORY_BUDGET, worker_gpu(state)).await?;
+    let key = (model_id.to_string(), choice.backend());
+    let cached = state.borrow().prepared.get(&key).cloned();
+    let prepared = match cached {
+        // The device's words (auto's reason) belong to this call, the weights to the cache.
+        Some(p) => p,
+        None => {
+            let p = Rc::new(Prepared::new(&model, choice.clone()));
+            state.borrow_mut().prepared.insert(key, p.clone());
+            p
+        }
+    };
+
     let report = |stage: &str, done: usize, total: usize| {
         let _ = on_progress.call3(
             &JsValue::NULL,
@@ -208,109 +341,51 @@ pub async fn segment(
             &(total as u32).into(),
         );
     };
-    let backend = Reflect::get(&options, &"backend".into())
-        .ok()
-        .and_then(|v| v.as_string())
-        .unwrap_or_else(|| "auto".into());
-    let crop = Reflect::get(&options, &"crop".into())
-        .ok()
-        .and_then(|v| v.as_bool())
-        .unwrap_or(true);
-
-    report("read", 0, 1);
-    let (volume, format) = match volume::read_files(&file_list(&input), series.as_deref())
-        .map_err(|e| error(&format!("{input_name}: {e}")))?
-    {
-        FilesContent::Volume { volume, format, .. } => (volume, format),
-        FilesContent::Series(_) => {
-            return Err(JsError::new(&format!(
-                "{input_name}: holds several DICOM series; choose one first"
-            )))
-        }
-    };
-    let entry = Registry::builtin().get(&model_id).map_err(|e| error(&e))?;
-    let model_files: ModelFiles = file_list(&model_files).into_iter().collect();
-    for (name, bytes) in &model_files {
-        entry.verify(name, bytes).map_err(|e| error(&e))?;
-    }
-    let network =
-        models::load_network(&model_files).map_err(|e| error(&format!("model {model_id}: {e}")))?;
-
-    let cpu = |adapter: String| {
-        (
-            PreparedNetwork::cpu(&network),
-            "cpu",
-            adapter,
-            CPU_MEMORY_BUDGET,
-        )
-    };
-    let (prepared, backend_name, adapter, budget) = match backend.as_str() {
-        "cpu" => cpu("wasm simd128".to_string()),
-        wanted => match gpu().await {
-            // A software (fallback) adapter is slower than our CPU path; auto skips it.
-            Ok(gpu) if wanted == "webgpu" || !gpu.fallback => (
-                PreparedNetwork::gpu(&network, &gpu.device),
-                "webgpu",
-                gpu.adapter.clone(),
-                gpu.max_buffer_bytes,
-            ),
-            Ok(gpu) => cpu(format!("wasm simd128 (skipped {})", gpu.adapter)),
-            Err(e) if wanted == "webgpu" => return Err(JsError::new(&e)),
-            Err(e) => cpu(format!("wasm simd128 ({e})")),
-        },
-    };
-    let seg_options = SegmentOptions {
-        crop_to_foreground: crop,
-        max_tensor_bytes: Some(budget),
-    };
-    let now = js_sys::Date::now;
     let mut progress = |stage: Stage| match stage {
         Stage::Layer { done, total } => report("layer", done, total),
         other => report(other.name(), 0, 1),
     };
-    let result = pipeline::segment(
-        &volume,
-        &input_name,
-        entry.input.normalization,
+    let run = run::segment(
+        &model,
         &prepared,
-        &seg_options,
-        &now,
+        CPU_MEMORY_BUDGET,
+        &opened.volume,
+        &opened.name,
+        crop,
+        &js_sys::Date::now,
         &mut progress,
     )
     .await
-    .map_err(|e| error(&e))?;
+    .map_err(|e| e.to_string())?;
+    run_result(&run, &opened, &model, choice.reason.as_deref())
+        .map_err(|_| "cannot build the result object".to_string())
+}
 
+/// The JS object [`Insitu::segment`] resolves.
+fn run_result(
+    run: &DenseRun,
+    opened: &Opened,
+    model: &DenseModel,
+    reason: Option<&str>,
+) -> Result<JsValue, JsValue> {
+    let result = &run.segmentation;
     let out = Object::new();
     let set = |key: &str, value: JsValue| Reflect::set(&out, &key.into(), &value).map(|_| ());
-    let labels = nifti::write_labels(&result.native, true);
-    let like_input = volume::write_labels_like(format, &result.native);
-    let timings = serde_wasm_bindgen::to_value(&result.timings).map_err(|e| error(&e))?;
-    set("labels", Uint8Array::from(labels.as_slice()).into())
-        .and_then(|_| {
-            set(
-                "labels_like_input",
-                Uint8Array::from(like_input.as_slice()).into(),
-            )
-        })
-        .and_then(|_| set("like_input_extension", format.label_extension().into()))
-        .and_then(|_| set("backend", backend_name.into()))
-        .and_then(|_| set("adapter", adapter.into()))
-        .and_then(|_| set("timings_ms", timings))
-        .and_then(|_| set("n_classes", (network.n_classes() as u32).into()))
-        .and_then(|_| set("parameters", (network.parameter_count() as f64).into()))
-        .and_then(|_| set("gflops", (result.flops as f64 / 1e9).into()))
-        .and_then(|_| {
-            set(
-                "peak_tensor_mb",
-                (result.peak_tensor_bytes as f64 / 1048576.0).into(),
-            )
-        })
-        .and_then(|_| {
-            set(
-                "wasm_heap_mb",
-                (wasm_heap_bytes() as f64 / 1048576.0).into(),
-            )
-        })
-        .map_err(|_| JsError::new("cannot build the result object"))?;
+    let bytes = |b: Vec<u8>| JsValue::from(Uint8Array::from(b.as_slice()));
+    let mib = |n: usize| JsValue::from(n as f64 / 1048576.0);
+    set("labels", bytes(nifti::write_labels(&result.native, true)))?;
+    let like_input = volume::write_labels_like(opened.format, &result.native);
+    set("labels_like_input", bytes(like_input))?;
+    set("like_input_extension", opened.format.label_extension().into())?;
+    set("backend", run.device.backend().into())?;
+    set("adapter", run.device.adapter.clone().into())?;
+    set("reason", reason.map_or(JsValue::NULL, JsValue::from))?;
+    set("fallback", run.fallback.as_deref().map_or(JsValue::NULL, JsValue::from))?;
+    set("timings_ms", serde_wasm_bindgen::to_value(&result.timings)?)?;
+    set("n_classes", (model.network.n_classes() as u32).into())?;
+    set("parameters", (model.network.parameter_count() as f64).into())?;
+    set("gflops", (result.flops as f64 / 1e9).into())?;
+    set("peak_tensor_mb", mib(result.peak_tensor_bytes))?;
+    set("wasm_heap_mb", mib(wasm_heap_bytes()))?;
     Ok(out.into())
 }

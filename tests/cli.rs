@@ -399,3 +399,29 @@ fn prompt_writes_the_pipelines_labels_on_the_input_grid() {
     assert!(voxels > 100, "{voxels} voxels of label 7");
     assert!(labels.iter().all(|&l| l == 0 || l == 7));
 }
+
+/// An abdominal CT given to a T1-brain model: the CLI says why it does not fit, and runs anyway.
+/// `auto` on a machine whose only GPU is a software adapter (or none) says it took the CPU.
+#[test]
+fn segment_warns_when_the_input_does_not_fit_the_model_and_goes_on() {
+    let ct = common::data("totalsegmentator/example_ct_sm.nii.gz");
+    let output = scratch("ct_tissue_fast.nii.gz");
+    let out = insitu(&[
+        "segment",
+        "--model",
+        "tissue_fast",
+        "--crop",
+        ct.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("looks like CT"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("more than the 350 mm"), "{stderr}");
+    assert!(stderr.contains("auto: "), "auto says what it chose: {stderr}");
+    assert!(output.exists(), "the labels were written anyway");
+}

@@ -7,8 +7,8 @@
 
 mod common;
 
+use insitu::device::{self, DeviceRequest};
 use insitu::engine::{start_gpu, PreparedNetwork};
-use insitu::models;
 use insitu::pipeline::SegmentOptions;
 use std::time::Instant;
 
@@ -23,7 +23,17 @@ fn gpu_labels_equal_cpu_labels_also_when_split_into_slabs() {
         gpu.adapter,
         gpu.max_buffer_bytes >> 20
     );
-    let network = models::load_network(&common::model_files("tissue_fast")).unwrap();
+    // The one device policy: auto takes a hardware GPU, and the CPU over a software adapter.
+    let auto = pollster::block_on(device::choose(
+        DeviceRequest::Auto,
+        1 << 30,
+        std::future::ready(Ok(gpu.clone())),
+    ))
+    .unwrap();
+    assert_eq!(auto.is_gpu(), !gpu.fallback, "{:?}", auto.reason);
+    assert!(auto.reason.as_ref().unwrap().contains(&gpu.adapter));
+
+    let network = common::network("tissue_fast").unwrap();
     let run = |prepared: PreparedNetwork, max_tensor_bytes| {
         let options = SegmentOptions {
             crop_to_foreground: true,

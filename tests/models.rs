@@ -5,7 +5,8 @@
 mod common;
 
 use insitu::models::{
-    self, Activation, AxisOrder, ModelError, ModelFiles, Network, Normalization, Registry,
+    self, Activation, AxisOrder, ModelError, ModelFiles, ModelFormat, Network, Normalization,
+    Registry,
 };
 use serde_json::Value;
 use std::io::Write;
@@ -24,6 +25,11 @@ fn read(path: PathBuf) -> Vec<u8> {
 }
 
 /// The files of a registry model, from the mirror, by their registry names.
+/// Registry model `id` through the registry's loader (files checked, format from the entry).
+fn registry_network(id: &str) -> Result<Network, ModelError> {
+    Registry::builtin().get(id)?.load_network(&registry_files(id))
+}
+
 fn registry_files(id: &str) -> ModelFiles {
     let entry = Registry::builtin().get(id).unwrap();
     entry
@@ -265,7 +271,7 @@ fn every_registry_model_matches_the_reference() {
         if m.is_promptable() {
             continue; // not a MeshNet (tests/litemedsam*.rs)
         }
-        let net = models::load_network(&registry_files(&m.id))
+        let net = registry_network(&m.id)
             .unwrap_or_else(|e| panic!("{}: {e}", m.id));
         let exp = &expected[&m.id];
         assert!(
@@ -293,7 +299,7 @@ fn every_registry_model_matches_the_reference() {
 
 #[test]
 fn known_architectures() {
-    let tissue = models::load_network(&registry_files("tissue_fast")).unwrap();
+    let tissue = registry_network("tissue_fast").unwrap();
     let dilations: Vec<usize> = tissue.layers.iter().map(|l| l.dilation).collect();
     assert_eq!(dilations, [1, 2, 4, 8, 16, 8, 4, 2, 1, 1]);
     assert!(tissue.layers[..9]
@@ -308,7 +314,7 @@ fn known_architectures() {
 
     // mindgrab: -1 placeholders -> 1 -> 15 channels -> 2 classes (the config's 5 are overridden),
     // GroupNorm + GELU, no biases: the .pth's bias for the last conv is dropped like the CLI does.
-    let mindgrab = models::load_network(&registry_files("mindgrab")).unwrap();
+    let mindgrab = registry_network("mindgrab").unwrap();
     assert_eq!(mindgrab.layers.len(), 26);
     assert_eq!(
         (
@@ -332,7 +338,7 @@ fn known_architectures() {
     }
     assert_eq!(mindgrab.layers[25].normalization, Normalization::None);
 
-    let sub = models::load_network(&registry_files("subcortical")).unwrap();
+    let sub = registry_network("subcortical").unwrap();
     assert_eq!(sub.n_classes(), 18);
     assert!(sub.layers[..9]
         .iter()
@@ -350,9 +356,9 @@ fn meshnet_model_bin_equals_model_pth() {
         "model30chan50cls",
     ] {
         let from_pth =
-            models::load_network(&folder_files(folder, &["model.json", "model.pth"])).unwrap();
+            models::load_network(ModelFormat::MeshnetJson, &folder_files(folder, &["model.json", "model.pth"])).unwrap();
         let from_bin =
-            models::load_network(&folder_files(folder, &["model.json", "model.bin"])).unwrap();
+            models::load_network(ModelFormat::MeshnetJson, &folder_files(folder, &["model.json", "model.bin"])).unwrap();
         assert!(
             from_pth == from_bin,
             "{folder}: model.bin and model.pth disagree"
@@ -365,8 +371,8 @@ fn meshnet_model_bin_equals_model_pth() {
 #[test]
 fn cli_subcortical_equals_tfjs_model30chan18cls() {
     let cli =
-        models::load_network(&folder_files("subcortical", &["model.json", "model.pth"])).unwrap();
-    let tfjs = models::load_network(&registry_files("subcortical")).unwrap();
+        models::load_network(ModelFormat::MeshnetJson, &folder_files("subcortical", &["model.json", "model.pth"])).unwrap();
+    let tfjs = registry_network("subcortical").unwrap();
     assert!(
         cli == tfjs,
         "subcortical/model.pth and model30chan18cls/model.bin disagree"
@@ -376,8 +382,8 @@ fn cli_subcortical_equals_tfjs_model30chan18cls() {
 // ---------------------------------------------------------------------------------------
 // bad input
 
-fn expect_err(files: &ModelFiles) -> ModelError {
-    match models::load_network(files) {
+fn expect_err(format: ModelFormat, files: &ModelFiles) -> ModelError {
+    match models::load_network(format, files) {
         Ok(_) => panic!("loaded a broken model"),
         Err(e) => e,
     }
@@ -389,14 +395,14 @@ fn error_after_edit(model: &str, edit: impl FnOnce(&mut Value)) -> ModelError {
     let mut json: Value = serde_json::from_slice(&files["model.json"]).unwrap();
     edit(&mut json);
     files.insert("model.json".into(), serde_json::to_vec(&json).unwrap());
-    expect_err(&files)
+    expect_err(Registry::builtin().get(model).unwrap().format, &files)
 }
 
 #[test]
 fn missing_weight_files() {
     let mut files = registry_files("tissue_gw_20ch");
     files.remove("model.bin");
-    let err = expect_err(&files);
+    let err = expect_err(ModelFormat::TfjsLayers, &files);
     assert!(
         matches!(&err, ModelError::MissingFile(m) if m.contains("model.bin")),
         "{err}"
@@ -404,13 +410,13 @@ fn missing_weight_files() {
 
     let mut files = registry_files("tissue_fast");
     files.remove("model.pth");
-    let err = expect_err(&files);
+    let err = expect_err(ModelFormat::MeshnetJson, &files);
     assert!(
         matches!(&err, ModelError::MissingFile(m) if m.contains("model.pth") && m.contains("model.bin")),
         "{err}"
     );
 
-    let err = expect_err(&ModelFiles::new());
+    let err = expect_err(ModelFormat::MeshnetJson, &ModelFiles::new());
     assert!(
         matches!(&err, ModelError::MissingFile(m) if m == "model.json"),
         "{err}"
@@ -422,7 +428,7 @@ fn truncated_weights() {
     let mut files = registry_files("tissue_gw_tfjs");
     let bin = files.get_mut("model.bin").unwrap();
     bin.truncate(bin.len() - 100);
-    let err = expect_err(&files);
+    let err = expect_err(ModelFormat::TfjsLayers, &files);
     assert!(
         matches!(&err, ModelError::BadFormat(m) if m.contains("truncated") && m.contains("output/")),
         "{err}"
@@ -433,7 +439,7 @@ fn truncated_weights() {
         .get_mut("model.bin")
         .unwrap()
         .extend_from_slice(&[0; 8]);
-    let err = expect_err(&files);
+    let err = expect_err(ModelFormat::TfjsLayers, &files);
     assert!(
         matches!(&err, ModelError::BadFormat(m) if m.contains("784160 bytes")),
         "{err}"
@@ -441,7 +447,7 @@ fn truncated_weights() {
 
     let mut files = folder_files("model5_gw_ae", &["model.json", "model.bin"]);
     files.get_mut("model.bin").unwrap().truncate(1000);
-    let err = expect_err(&files);
+    let err = expect_err(ModelFormat::MeshnetJson, &files);
     assert!(
         matches!(&err, ModelError::BadFormat(m) if m.starts_with("model.bin") && m.contains("truncated")),
         "{err}"
@@ -451,7 +457,7 @@ fn truncated_weights() {
     let mut files = registry_files("tissue_fast");
     let pth = files.get_mut("model.pth").unwrap();
     pth.truncate(pth.len() - 4);
-    let err = expect_err(&files);
+    let err = expect_err(ModelFormat::MeshnetJson, &files);
     assert!(
         matches!(&err, ModelError::BadFormat(m) if m.contains("model.pth") && m.contains("truncated")),
         "{err}"
@@ -461,7 +467,7 @@ fn truncated_weights() {
     let mut files = registry_files("mindgrab");
     let pth = files.get_mut("model.pth").unwrap();
     pth.truncate(pth.len() / 2);
-    let err = expect_err(&files);
+    let err = expect_err(ModelFormat::MeshnetJson, &files);
     assert!(
         matches!(&err, ModelError::BadFormat(m) if m.contains("model.pth")),
         "{err}"
@@ -474,7 +480,7 @@ fn corrupted_pth_zip() {
     let pth = files.get_mut("model.pth").unwrap();
     let middle = pth.len() / 2; // inside a weight storage
     pth[middle] ^= 0x55;
-    let err = expect_err(&files);
+    let err = expect_err(ModelFormat::MeshnetJson, &files);
     assert!(
         matches!(&err, ModelError::BadFormat(m) if m.contains("CRC")),
         "{err}"
@@ -484,7 +490,7 @@ fn corrupted_pth_zip() {
     let pth = files.get_mut("model.pth").unwrap();
     let end = pth.len();
     pth[end - 22..end - 18].copy_from_slice(b"XXXX"); // end-of-central-directory signature
-    let err = expect_err(&files);
+    let err = expect_err(ModelFormat::MeshnetJson, &files);
     assert!(
         matches!(&err, ModelError::BadFormat(m) if m.contains("model.pth")),
         "{err}"
@@ -492,7 +498,7 @@ fn corrupted_pth_zip() {
 
     let mut files = registry_files("tissue_fast");
     files.insert("model.pth".into(), b"not a weight file at all".to_vec());
-    let err = expect_err(&files);
+    let err = expect_err(ModelFormat::MeshnetJson, &files);
     assert!(
         matches!(&err, ModelError::BadFormat(m) if m.contains("model.pth")),
         "{err}"
@@ -537,7 +543,7 @@ fn unknown_tfjs_layer_class_is_named() {
 fn tfjs_batch_norm_is_folded() {
     // Insert a BatchNormalization after the first conv of model20chan3cls, with weights appended.
     let mut files = registry_files("tissue_gw_20ch");
-    let plain = models::load_network(&files).unwrap();
+    let plain = models::load_network(ModelFormat::TfjsLayers, &files).unwrap();
     let mut json: Value = serde_json::from_slice(&files["model.json"]).unwrap();
     let layers = json["modelTopology"]["model_config"]["config"]["layers"]
         .as_array_mut()
@@ -570,7 +576,7 @@ fn tfjs_batch_norm_is_folded() {
         bin.extend(values.iter().flat_map(|v| v.to_le_bytes()));
     }
     files.insert("model.json".into(), serde_json::to_vec(&json).unwrap());
-    let folded = models::load_network(&files).unwrap();
+    let folded = models::load_network(ModelFormat::TfjsLayers, &files).unwrap();
     let (p, f) = (&plain.layers[0], &folded.layers[0]);
     for o in 0..c {
         let scale = gamma[o] as f64 / (var[o] as f64 + 1e-3).sqrt();
@@ -660,6 +666,33 @@ fn wrong_sha256_is_rejected() {
     assert!(matches!(
         entry.verify("model.bin", b""),
         Err(ModelError::MissingFile(_))
+    ));
+}
+
+/// The registry's loader checks every listed file before reading any, and reads them with
+/// the loader its `format` names, not one guessed from the files.
+#[test]
+fn registry_loader_checks_files_and_follows_the_format() {
+    let entry = Registry::builtin().get("tissue_gw_20ch").unwrap();
+    let mut files = registry_files("tissue_gw_20ch");
+    files.get_mut("model.bin").unwrap()[0] ^= 1;
+    assert!(matches!(
+        entry.load_network(&files),
+        Err(ModelError::ChecksumMismatch { file, .. }) if file.contains("model.bin")
+    ));
+    files.remove("model.bin");
+    assert!(matches!(
+        entry.load_network(&files),
+        Err(ModelError::MissingFile(m)) if m.contains("model.bin") && m.contains("tissue_gw_20ch")
+    ));
+    // A TF.js model.json read as a brainchop-cli config fails: no format guessing.
+    let files = registry_files("tissue_gw_20ch");
+    assert!(models::load_network(ModelFormat::MeshnetJson, &files).is_err());
+    assert!(models::load_network(ModelFormat::TfjsLayers, &files).is_ok());
+    let sam = Registry::builtin().get("litemedsam").unwrap();
+    assert!(matches!(
+        models::load_network(sam.format, &files),
+        Err(ModelError::BadFormat(m)) if m.contains("promptable")
     ));
 }
 
@@ -819,7 +852,7 @@ fn handmade_torch_zip_with_strides_offsets_and_deflate() {
         ("model.pth".to_string(), pth),
     ]
     .into();
-    let net = models::load_network(&files).unwrap();
+    let net = models::load_network(ModelFormat::MeshnetJson, &files).unwrap();
     assert_eq!(net.layers.len(), 2);
     assert_eq!(
         net.layers[0].weight,
@@ -865,7 +898,7 @@ fn handmade_torch_zip_with_strides_offsets_and_deflate() {
         ("model.pth".to_string(), pth),
     ]
     .into();
-    let err = expect_err(&files);
+    let err = expect_err(ModelFormat::MeshnetJson, &files);
     assert!(
         matches!(&err, ModelError::BadFormat(m) if m.contains("model.0.weight") && m.contains("Half")),
         "{err}"
@@ -901,7 +934,7 @@ fn handmade_torch_zip_with_strides_offsets_and_deflate() {
         ("model.pth".to_string(), pth),
     ]
     .into();
-    let err = expect_err(&files);
+    let err = expect_err(ModelFormat::MeshnetJson, &files);
     assert!(
         matches!(&err, ModelError::BadFormat(m) if m.contains("model.0.weight") && m.contains("storage")),
         "{err}"
@@ -925,7 +958,7 @@ fn handmade_torch_zip_with_strides_offsets_and_deflate() {
         ("model.pth".to_string(), pth),
     ]
     .into();
-    let err = expect_err(&files);
+    let err = expect_err(ModelFormat::MeshnetJson, &files);
     assert!(
         matches!(&err, ModelError::BadFormat(m) if m.contains("1 tensors") && m.contains("needs 3")),
         "{err}"
@@ -973,7 +1006,7 @@ fn handmade_safetensors_by_name() {
         ("model.pth".to_string(), st),
     ]
     .into();
-    let net = models::load_network(&files).unwrap();
+    let net = models::load_network(ModelFormat::MeshnetJson, &files).unwrap();
     assert_eq!(net.layers[0].bias, Some(vec![7.0, 8.0]));
     assert_eq!(net.layers[0].weight[53], -53.0);
     assert_eq!(net.layers[1].weight, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
@@ -993,7 +1026,7 @@ fn handmade_safetensors_by_name() {
         ("model.pth".to_string(), st),
     ]
     .into();
-    let err = expect_err(&files);
+    let err = expect_err(ModelFormat::MeshnetJson, &files);
     assert!(
         matches!(&err, ModelError::BadFormat(m) if m.contains("model.0.weight") && m.contains("F16")),
         "{err}"
@@ -1018,7 +1051,7 @@ fn handmade_safetensors_by_name() {
         ("model.pth".to_string(), st),
     ]
     .into();
-    let err = expect_err(&files);
+    let err = expect_err(ModelFormat::MeshnetJson, &files);
     assert!(
         matches!(&err, ModelError::BadFormat(m) if m.contains("no tensor 'model.0.bias'")),
         "{err}"
@@ -1078,7 +1111,7 @@ fn meshnet_placeholders_and_norm_affine() {
         ("model.pth".to_string(), st),
     ]
     .into();
-    let net = models::load_network(&files).unwrap();
+    let net = models::load_network(ModelFormat::MeshnetJson, &files).unwrap();
     assert_eq!(
         (
             net.layers[0].in_channels,
@@ -1151,4 +1184,40 @@ fn a_file_inside_an_archive_is_downloaded_checked_and_extracted() {
             .contains("no member pkg/asset/other.pth among its 2"),
         "{e}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// does an input fit a model's card
+
+fn fit_warnings(model: &str, file: &str) -> Vec<String> {
+    let volume = insitu::volume::read(&std::fs::read(common::data(file)).unwrap()).unwrap();
+    models::fit::warnings(Registry::builtin().get(model).unwrap(), &volume, file)
+}
+
+#[test]
+fn a_head_t1_fits_the_brain_models_and_a_ct_does_not() {
+    for model in ["tissue_fast", "DKatlas", "mindgrab", "litemedsam"] {
+        assert_eq!(fit_warnings(model, "t1_crop.nii.gz"), Vec::<String>::new(), "{model}");
+    }
+    // TotalSegmentator's abdominal CT: Hounsfield units, 366 x 303 x 90 mm (122 x 101 x 30 at 3 mm).
+    let ct = "totalsegmentator/example_ct_sm.nii.gz";
+    let warnings = fit_warnings("tissue_fast", ct);
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(warnings[0].contains("looks like CT") && warnings[0].contains("MR (T1-weighted)"));
+    assert!(warnings[1].contains("366 x 303 x 90 mm") && warnings[1].contains("350 mm"));
+    // mindgrab takes any modality of a head; LiteMedSAM any CT or MR of any region.
+    let mindgrab = fit_warnings("mindgrab", ct);
+    assert!(mindgrab.len() == 1 && mindgrab[0].contains("366 x 303"), "{mindgrab:#?}");
+    assert_eq!(fit_warnings("litemedsam", ct), Vec::<String>::new());
+}
+
+#[test]
+fn a_single_slice_does_not_fit_a_3d_model() {
+    let whole = insitu::volume::read(&std::fs::read(common::data("t1_crop.nii.gz")).unwrap()).unwrap();
+    let slice = insitu::volume::crop(&whole, [0, 0, 128], [256, 256, 1]).unwrap();
+    let warnings = models::fit::warnings(Registry::builtin().get("tissue_fast").unwrap(), &slice, "slice.nii");
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("only 1 voxel(s) along axis 2") && warnings[0].contains("at least 16"));
+    let sam = models::fit::warnings(Registry::builtin().get("litemedsam").unwrap(), &slice, "slice.nii");
+    assert_eq!(sam, Vec::<String>::new(), "LiteMedSAM works slice by slice");
 }

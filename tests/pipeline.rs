@@ -4,13 +4,13 @@
 mod common;
 
 use insitu::engine::{OutputBox, PreparedNetwork};
-use insitu::models::{self, Registry};
+use insitu::models::Registry;
 use insitu::pipeline::{self, SegmentOptions, Segmentation};
 use insitu::volume::{nifti, LabelMap};
 use std::time::Instant;
 
 fn segment_file(model_id: &str, input: &std::path::Path, options: &SegmentOptions) -> Segmentation {
-    let network = models::load_network(&common::model_files(model_id)).expect("model loads");
+    let network = common::network(model_id).expect("model loads");
     let prepared = PreparedNetwork::cpu(&network);
     let name = input.display().to_string();
     let volume = pipeline::read_volume(&std::fs::read(input).expect("input file"), &name)
@@ -106,7 +106,7 @@ fn tissue_fast_matches_brainchop_cli() {
 #[test]
 fn dkatlas_matches_brainchop_cli_in_boxes() {
     let entry = Registry::builtin().get("DKatlas").unwrap();
-    let network = models::load_network(&common::model_files("DKatlas")).unwrap();
+    let network = common::network("DKatlas").unwrap();
     let prepared = PreparedNetwork::cpu(&network);
     let volume =
         nifti::read_nifti(&std::fs::read(common::data("t1_crop.nii.gz")).unwrap()).unwrap();
@@ -234,7 +234,7 @@ fn native_space_output_overlays_the_input() {
 #[test]
 fn a_memory_budget_splits_the_head_box_into_slabs_with_the_same_labels() {
     let volume = common::small_crop();
-    let network = models::load_network(&common::model_files("tissue_fast")).unwrap();
+    let network = common::network("tissue_fast").unwrap();
     let prepared = PreparedNetwork::cpu(&network);
     let run = |max_tensor_bytes| {
         let options = SegmentOptions {

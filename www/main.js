@@ -1,6 +1,7 @@
 // The page: picks a volume and a model, runs the segmentation in a worker (www/worker.js),
 // shows the result in the viewer, and offers it for download. No framework: a few elements,
 // one `state` object, and functions that update both.
+import { OPS, STAGES as STAGE_SHARES } from './protocol.js';
 import { Viewer, ERROR_COLOURS } from './viewer.js';
 import {
   comparisonCsv,
@@ -24,6 +25,7 @@ const el = {
   seriesOpen: $('series-open'),
   modelSelect: $('model-select'),
   modelInfo: $('model-info'),
+  modelFit: $('model-fit'),
   cropInput: $('crop-input'),
   backendSelect: $('backend-select'),
   runButton: $('run-button'),
@@ -91,6 +93,8 @@ const state = {
 /** Test and debugging hooks; nothing in the UI depends on them. */
 window.insitu = {
   state,
+  /** Destroys the worker's WebGPU devices, as a lost GPU would (tests the CPU retry). */
+  loseGpu: () => core.call(OPS.loseGpu, {}),
   get lastResult() {
     return state.result;
   },
@@ -100,6 +104,10 @@ window.insitu = {
 
 /** What a call to the worker rejects with when it was stopped on purpose. */
 class Cancelled extends Error {}
+
+/** What a call rejects with when the worker's GPU failed, or the core crashed (a wasm trap,
+ *  as wgpu's panics on device errors are): the worker was replaced by a fresh one. */
+class WorkerLost extends Error {}
 
 class Core {
   /** @param {(blocked: {uri, directive}) => void} onBlocked  told of what the policy blocked in the worker */
@@ -118,6 +126,7 @@ class Core {
     this.ready = new Promise((resolve, reject) => {
       this.started = { resolve, reject };
     });
+    this.opened = null; // the input whose volume this worker holds (see `ensureOpen`)
     // A message or error still on its way from a worker that was ended is ignored.
     const worker = this.worker;
     worker.onmessage = ({ data }) => worker === this.worker && this.receive(data);
@@ -129,6 +138,7 @@ class Core {
 
   receive(data) {
     if ('blocked' in data) return this.onBlocked(data.blocked);
+    if ('gpuFailed' in data) return this.restart(new WorkerLost(data.gpuFailed));
     if ('ready' in data) {
       if (data.ready) this.started.resolve({ ...data.registry, presets: data.presets ?? [] });
       else this.fail(`The segmentation core could not start: ${data.error}`);
@@ -139,7 +149,10 @@ class Core {
     if (data.progress) return call.onProgress(data.progress);
     this.pending.delete(data.id);
     if (data.ok) call.resolve(data.value);
-    else call.reject(new Error(data.error));
+    else if (data.trap) {
+      call.reject(new WorkerLost(`the segmentation core crashed (${data.error})`));
+      this.restart(new WorkerLost('the segmentation core crashed'));
+    } else call.reject(new Error(data.error));
   }
 
   fail(message) {
@@ -149,16 +162,23 @@ class Core {
   }
 
   /**
-   * Stops whatever the worker is doing at once: ends it, rejects its calls with Cancelled, and
-   * starts a fresh one. The worker keeps nothing the page cannot send again (only fetched
-   * model files, which it fetches again). Returns the new worker's `ready`.
+   * Stops whatever the worker is doing at once: ends it, rejects its calls with `reason`, and
+   * starts a fresh one. The worker keeps nothing the page cannot send again (the volume, sent
+   * again by `ensureOpen`; model files, fetched again). Returns the new worker's `ready`.
    */
-  restart() {
+  restart(reason = new Cancelled('Cancelled.')) {
     this.worker.terminate();
-    for (const call of this.pending.values()) call.reject(new Cancelled('Cancelled.'));
+    for (const call of this.pending.values()) call.reject(reason);
     this.pending.clear();
     this.start();
     return this.ready;
+  }
+
+  /** Makes `input` the volume the worker holds, sending it when the worker has another or none. */
+  async ensureOpen(input) {
+    if (this.opened === input) return;
+    await this.call(OPS.open, { name: input.name, files: input.files, series: input.series, view: false });
+    this.opened = input;
   }
 
   call(op, args, onProgress = () => {}) {
@@ -190,18 +210,22 @@ function formatSeconds(ms) {
 
 const BACKEND_NAMES = { webgpu: 'WebGPU', cpu: 'CPU' };
 
-/** Stage -> [text, progress at its start, progress at its end]. */
-const STAGES = {
-  download: [(d, t) => `Downloading model (${formatBytes(d)} of ${formatBytes(t)})`, 0, 0.1],
-  verify: [() => 'Checking model files', 0.1, 0.1],
-  read: [() => 'Reading', 0.1, 0.12],
-  conform: [() => 'Conforming to 256³ 1 mm', 0.12, 0.16],
-  normalize: [() => 'Normalizing intensities', 0.16, 0.2],
-  layer: [(d, t) => `Layer ${d} of ${t}`, 0.2, 0.9],
-  argmax: [() => 'Choosing labels', 0.9, 0.93],
-  postprocess: [() => 'Cleaning up labels', 0.93, 0.96],
-  native: [() => 'Back to native space', 0.96, 1],
+const STAGE_TEXT = {
+  download: (d, t) => `Downloading model (${formatBytes(d)} of ${formatBytes(t)})`,
+  verify: () => 'Checking model files',
+  conform: () => 'Conforming to 256³ 1 mm',
+  normalize: () => 'Normalizing intensities',
+  layer: (d, t) => `Layer ${d} of ${t}`,
+  postprocess: () => 'Cleaning up labels',
+  native: () => 'Back to native space',
 };
+
+/** Stage -> [text, progress at its start, progress at its end], in the protocol's order. */
+const STAGES = {};
+STAGE_SHARES.reduce((at, [name, share]) => {
+  STAGES[name] = [STAGE_TEXT[name], at, at + share];
+  return at + share;
+}, 0);
 
 /** A file name's base for derived files: no extension, nothing a file system may refuse. */
 function stem(fileName) {
@@ -299,6 +323,25 @@ function showModelInfo() {
   el.modelInfo.textContent = model.description ? `${facts}. ${model.description}` : facts;
 }
 
+/** Warns when the volume does not fit the chosen model's card (a CT for a brain-MRI model, a
+ *  field of view larger than a head, a single slice); the user may still run it. */
+async function showFit() {
+  const model = selectedModel();
+  const input = state.input;
+  let warnings = [];
+  if (model && input) {
+    try {
+      await core.ensureOpen(input);
+      warnings = await core.call(OPS.fit, { modelId: model.id });
+    } catch {
+      // A worker restarted meanwhile: the next change asks again; nothing to warn about yet.
+    }
+  }
+  if (model !== selectedModel() || input !== state.input) return; // changed meanwhile
+  el.modelFit.textContent = warnings.map((w) => `⚠ ${w}`).join('\n');
+  el.modelFit.hidden = warnings.length === 0;
+}
+
 function showLegend(labels) {
   el.legend.replaceChildren(
     ...labels
@@ -375,13 +418,15 @@ function showSeriesChooser() {
 
 function showRunStatus(result) {
   const t = result.timings_ms ?? {};
-  const steps = ['read', 'conform', 'inference', 'native']
+  const steps = ['conform', 'inference', 'native']
     .filter((k) => typeof t[k] === 'number')
     .map((k) => `${k} ${formatSeconds(t[k])}`);
   el.runStatus.dataset.backend = result.backend;
   el.runStatus.textContent = [
     `Ran on ${BACKEND_NAMES[result.backend] ?? result.backend}`,
     result.adapter && `adapter: ${result.adapter}`,
+    result.fallback && `⚠ ${result.fallback}`,
+    result.reason,
     typeof t.total === 'number' && `${formatSeconds(t.total)} in all` + (steps.length ? ` (${steps.join(', ')})` : ''),
     `${result.n_classes} classes`,
   ]
@@ -411,7 +456,7 @@ async function loadVolume(name, readFiles, series = null) {
   try {
     const files = await readFiles();
     await core.ready;
-    const opened = await core.call('open', { files, series, view: viewer.running });
+    const opened = await core.call(OPS.open, { name, files, series, view: viewer.running });
     if (opened.series) {
       state.pendingSeries = { name, files, series: opened.series };
       showSeriesChooser();
@@ -420,10 +465,11 @@ async function loadVolume(name, readFiles, series = null) {
     }
     state.pendingSeries = null;
     showSeriesChooser();
-    // Keep only the files the volume is made of: each run sends them to the worker again.
+    // Keep only the files the volume is made of: a fresh worker is sent them again.
     const unused = new Set(opened.skipped.map(([path]) => path));
     const used = files.filter(([path]) => !unused.has(path));
     state.input = { name, files: used, series, info: opened.info, skipped: opened.skipped };
+    core.opened = state.input;
     state.result = null;
     state.runs = new Map(); // runs and the reference belong to one case
     state.reference = null;
@@ -434,6 +480,7 @@ async function loadVolume(name, readFiles, series = null) {
     el.progress.value = 0;
     el.stage.textContent = 'Ready to run.';
     showVolumeInfo();
+    showFit();
     showLegend(selectedModel()?.labels ?? []);
     if (viewer.running && opened.view) {
       try {
@@ -548,11 +595,13 @@ async function run() {
     updateControls();
     let value;
     try {
-      value = await core.call(
-        'segment',
-        { files: input.files, series: input.series, inputName: input.name, modelId: model.id, options, base: document.baseURI },
-        ({ stage, done, total }) => showStage(stage, done, total),
-      );
+      value = await segmentIn(input, model, options);
+    } catch (err) {
+      // A lost or failing GPU (or a crash on it) ends the worker: the run goes again on the CPU.
+      if (!(err instanceof WorkerLost) || options.backend === 'cpu') throw err;
+      el.stage.textContent = `${err.message}: repeating the run on the CPU…`;
+      value = await segmentIn(input, model, { ...options, backend: 'cpu' });
+      value.fallback = `${err.message}; the run was repeated on the CPU`;
     } finally {
       state.segmenting = false;
       updateControls();
@@ -596,6 +645,14 @@ async function run() {
     updateControls();
     store.save(state);
   }
+}
+
+/** One segmentation in the worker, the volume sent first when the worker does not hold it. */
+async function segmentIn(input, model, options) {
+  await core.ensureOpen(input);
+  return core.call(OPS.segment, { modelId: model.id, options, base: document.baseURI }, ({ stage, done, total }) =>
+    showStage(stage, done, total),
+  );
 }
 
 /** Stops the running segmentation: its worker is ended at once and a fresh one started. */
@@ -718,7 +775,7 @@ async function selectRun(id) {
 
 /** Evaluates one run in the worker; throws with the core's message. */
 async function evaluateRun(run, reference, settings) {
-  const value = await core.call('evaluate', {
+  const value = await core.call(OPS.evaluate, {
     pred: run.labels,
     predName: run.fileName,
     reference: reference.bytes,
@@ -800,7 +857,7 @@ function loadReference(file) {
     } catch (err) {
       throw new Error(`${file.name} could not be read (${err.message ?? err}).`);
     }
-    await core.call('open', { files: [[file.name, bytes]], series: null, view: false });
+    await core.call(OPS.inspect, { files: [[file.name, bytes]], series: null, view: false });
     const reference = { name: file.name, bytes };
     const settings = chosenSettings();
     if (state.runs.size) await evaluateAll(reference, settings);
@@ -930,6 +987,7 @@ el.downloadButton.addEventListener('click', () => download());
 el.downloadLikeInput.addEventListener('click', () => download(true));
 el.modelSelect.addEventListener('change', () => {
   showModelInfo();
+  showFit();
   if (!state.result) showLegend(selectedModel()?.labels ?? []);
   updateControls();
 });

@@ -1,25 +1,50 @@
-// The inference worker: loads the Rust core (wasm), fetches and checks model files, runs
-// segmentation, and reports progress. The page talks to it with messages
-//   {id, op: 'open' | 'segment' | 'evaluate', ...}  ->  {id, ok: true, value} | {id, ok: false, error}
-// plus {id, progress: {stage, done, total}} while a segmentation runs. On start it posts
-//   {ready: true, registry, presets} or {ready: false, error}.
-// When the security policy blocks something the worker tried to load it posts
-//   {blocked: {uri, directive}}   (the page shows it; see main.js `showBlocked`).
-import init, { registry_json, open_volume, segment, evaluate, mapping_presets_json } from '../pkg/insitu.js';
+// The inference worker: loads the Rust core (wasm) and holds its handle (`Insitu`: the opened
+// volume, the loaded models), fetches and checks model files, runs segmentations and reports
+// progress. Its messages are defined in www/protocol.js.
+import init, { Insitu, registry_json, inspect_volume, evaluate, mapping_presets_json } from '../pkg/insitu.js';
+import { OPS } from './protocol.js';
 
 const wasmUrl = new URL('../pkg/insitu_bg.wasm', import.meta.url);
 
 let registry = null;
 let presets = [];
-/** modelId -> Promise<Map<fileName, Uint8Array>> of files whose sha256 matched the registry. */
-const modelFiles = new Map();
+/** The core's handle; created once the wasm runs. */
+let core = null;
+/** The WebGPU devices the core asked for (see watchGpuDevices). */
+const gpuDevices = new Set();
+
+watchGpuDevices();
 
 const ready = (async () => {
-  await init(wasmUrl);
+  await init({ module_or_path: wasmUrl });
+  core = new Insitu();
   registry = JSON.parse(registry_json());
   presets = JSON.parse(mapping_presets_json());
   return registry;
 })();
+
+/**
+ * Tells the page when a WebGPU device the core uses is lost or raises an error: the core may
+ * never hear of it (a lost device's readbacks need not settle), so the page ends this worker
+ * and repeats the run on the CPU. Installed before the core starts, which asks through it.
+ */
+function watchGpuDevices() {
+  const Adapter = self.GPUAdapter;
+  if (!Adapter) return;
+  const requestDevice = Adapter.prototype.requestDevice;
+  Adapter.prototype.requestDevice = async function (...args) {
+    const device = await requestDevice.apply(this, args);
+    gpuDevices.add(device);
+    device.lost.then((info) => {
+      const why = [info.reason, info.message].filter(Boolean).join(': ');
+      postMessage({ gpuFailed: `the WebGPU device was lost (${why || 'no reason given'})` });
+    });
+    device.addEventListener('uncapturederror', (event) => {
+      postMessage({ gpuFailed: `WebGPU reported an error: ${event.error?.message ?? event.error}` });
+    });
+    return device;
+  };
+}
 
 self.addEventListener('securitypolicyviolation', (e) =>
   postMessage({ blocked: { uri: e.blockedURI, directive: e.effectiveDirective } }),
@@ -105,37 +130,28 @@ async function fetchModel(model, base, progress) {
   return files;
 }
 
-function loadModel(model, base, progress) {
-  let files = modelFiles.get(model.id);
-  if (!files) {
-    files = fetchModel(model, base, progress);
-    modelFiles.set(model.id, files);
-    files.catch(() => modelFiles.delete(model.id)); // try again next time
-  }
-  return files;
-}
-
 /** [[name, bytes]] -> the Map<name, Uint8Array> the core takes. */
 function fileMap(files) {
   return new Map(files.map(([name, bytes]) => [name, new Uint8Array(bytes)]));
 }
 
 const ops = {
-  /**
-   * Reads a selection of files: resolves {series, skipped} when they hold several DICOM series
-   * and `series` (a SeriesInstanceUID) is null, else {info, skipped, view?: Uint8Array (.nii)}.
-   */
-  async open({ files, series, view }) {
+  async [OPS.open]({ name, files, series, view }) {
     await ready;
-    return plain(open_volume(fileMap(files), series ?? undefined, Boolean(view)));
+    return plain(core.open(name, fileMap(files), series ?? undefined, Boolean(view)));
   },
 
-  async segment({ files, series, inputName, modelId, options, base }, progress) {
+  async [OPS.inspect]({ files, series, view }) {
+    await ready;
+    return plain(inspect_volume(fileMap(files), series ?? undefined, Boolean(view)));
+  },
+
+  async [OPS.segment]({ modelId, options, base }, progress) {
     await ready;
     const model = registry.models.find((m) => m.id === modelId);
     if (!model) throw new Error(`Unknown model ${modelId}.`);
-    const modelFiles = await loadModel(model, base, progress);
-    const r = await segment(fileMap(files), series ?? undefined, inputName, modelId, modelFiles, options, progress);
+    if (!core.has_model(modelId)) core.add_model(modelId, await fetchModel(model, base, progress));
+    const r = await core.segment(modelId, options, progress);
     // Copy the fields out: the result may be a wasm-bindgen object the page cannot receive.
     return {
       labels: new Uint8Array(r.labels),
@@ -143,6 +159,8 @@ const ops = {
       likeInputExtension: r.like_input_extension,
       backend: r.backend,
       adapter: r.adapter,
+      reason: r.reason,
+      fallback: r.fallback,
       timings_ms: plain(r.timings_ms),
       n_classes: r.n_classes,
       parameters: r.parameters,
@@ -152,11 +170,20 @@ const ops = {
     };
   },
 
-  /** Metrics of a segmentation against reference labels; `mapping`: "", a preset key or mapping JSON. */
-  async evaluate({ pred, predName, reference, referenceName, mapping, toleranceMm }) {
+  async [OPS.fit]({ modelId }) {
+    await ready;
+    return core.fit_warnings(modelId);
+  },
+
+  async [OPS.evaluate]({ pred, predName, reference, referenceName, mapping, toleranceMm }) {
     await ready;
     const r = evaluate(new Uint8Array(pred), predName, new Uint8Array(reference), referenceName, mapping, toleranceMm);
     return { report: plain(r.report), csv: r.csv, errorMap: new Uint8Array(r.error_map) };
+  },
+
+  async [OPS.loseGpu]() {
+    for (const device of gpuDevices) device.destroy();
+    return { destroyed: gpuDevices.size };
   },
 };
 
@@ -171,6 +198,7 @@ onmessage = async ({ data }) => {
       .map((v) => v.buffer);
     postMessage({ id, ok: true, value }, transfer);
   } catch (err) {
-    postMessage({ id, ok: false, error: message(err) });
+    // A trap (a panic in the core) leaves the wasm instance unusable.
+    postMessage({ id, ok: false, error: message(err), trap: err instanceof WebAssembly.RuntimeError });
   }
 };

@@ -3,10 +3,11 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use insitu::assets;
-use insitu::engine::PreparedNetwork;
+use insitu::device::{self, DeviceChoice, DeviceRequest};
 use insitu::metrics::{self, EvalOptions, LabelMapping, Report};
 use insitu::models::{self, ModelEntry, ModelFiles, Registry};
-use insitu::pipeline::{self, SegmentOptions, Segmentation, Stage};
+use insitu::pipeline::Stage;
+use insitu::run::{self, DenseModel, DenseRun, Prepared};
 use insitu::volume::{self, nifti, Format, LabelMap, Opened, Volume};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -49,8 +50,8 @@ enum Command {
         #[arg(long)]
         crop: bool,
         /// Compute device.
-        #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
-        device: DeviceChoice,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+        device: DeviceArg,
         /// Write the labels in the input's own format (NRRD, MGH/MGZ, MetaImage) instead of NIfTI.
         #[arg(long)]
         like_input: bool,
@@ -91,8 +92,8 @@ enum Command {
         #[arg(long, short)]
         output: PathBuf,
         /// Compute device.
-        #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
-        device: DeviceChoice,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+        device: DeviceArg,
         /// DICOM directory with several series: the SeriesInstanceUID to segment.
         #[arg(long)]
         series: Option<String>,
@@ -175,8 +176,8 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
         /// Compute device.
-        #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
-        device: DeviceChoice,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+        device: DeviceArg,
     },
     /// Copy (or download) the registry's model and sample files into a directory, verified by sha256.
     Fetch {
@@ -227,11 +228,24 @@ enum Space {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum DeviceChoice {
+enum DeviceArg {
+    /// A hardware GPU when there is one, else the CPU (a software adapter such as lavapipe
+    /// loses to the CPU kernels); the run says which and why.
+    Auto,
     /// insitu's own CPU kernels (AVX2 where the CPU has it), on every core.
     Cpu,
-    /// wgpu (Vulkan/Metal/DX12); needs a build with `--features gpu`.
+    /// wgpu (Vulkan/Metal/DX12), whatever adapter it finds; needs a build with `--features gpu`.
     Gpu,
+}
+
+impl DeviceArg {
+    fn request(self) -> DeviceRequest {
+        match self {
+            DeviceArg::Auto => DeviceRequest::Auto,
+            DeviceArg::Cpu => DeviceRequest::Cpu,
+            DeviceArg::Gpu => DeviceRequest::Gpu,
+        }
+    }
 }
 
 /// `println!` that returns an error instead of panicking when stdout is closed (`| head`).
@@ -306,6 +320,7 @@ fn run(cli: Cli) -> Result<()> {
             &output,
             device,
             series.as_deref(),
+            budget,
         ),
         Command::Info {
             input,
@@ -374,13 +389,12 @@ fn bench_kernels(
     model: Option<String>,
     size: usize,
     repeat: usize,
-    choice: DeviceChoice,
+    device: DeviceArg,
     budget: usize,
 ) -> Result<()> {
     let entry = dense_model(model.as_deref())?;
-    let network = models::load_network(&model_files(entry)?)
-        .with_context(|| format!("model {}", entry.id))?;
-    let runner = prepare_model(entry, choice, budget)?;
+    let (model, prepared) = prepare_model(entry, device, budget)?;
+    let network = &model.network;
     let dims = [size; 3];
     // Reproducible noise in [0, 1): every voxel busy, as in a head.
     let mut state = 0x2545_f491_u32;
@@ -394,11 +408,11 @@ fn bench_kernels(
     for _ in 0..repeat {
         let mut last = Instant::now();
         let mut finished = Vec::new();
-        pollster::block_on(runner.network.segment(
+        pollster::block_on(prepared.network.segment(
             &input,
             dims,
             insitu::engine::OutputBox::whole(dims),
-            runner.max_tensor_bytes,
+            Some(prepared.device.memory_budget),
             &mut |_| {
                 finished.push(last.elapsed().as_secs_f64());
                 last = Instant::now();
@@ -417,7 +431,7 @@ fn bench_kernels(
     out!(
         "{} on {}, {size}^3 voxels, median of {repeat} run(s)",
         entry.id,
-        runner.device_name
+        prepared.device.describe()
     );
     out!("layer  in -> out  kernel  dilation      ms   GFLOP/s");
     let (mut total_s, mut total_flops) = (0.0, 0.0);
@@ -471,6 +485,13 @@ fn list_models() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Says on stderr where `volume` does not fit what `entry`'s card accepts; the run goes on.
+fn warn_fit(entry: &ModelEntry, volume: &Volume, input: &Path) {
+    for warning in models::fit::warnings(entry, volume, &input.display().to_string()) {
+        eprintln!("warning: {warning}");
+    }
 }
 
 /// Refuses a promptable model where a dense one is needed.
@@ -619,13 +640,6 @@ fn model_files(entry: &ModelEntry) -> Result<ModelFiles> {
     Ok(files)
 }
 
-/// A model ready to run, and where: the device's name for messages and its tensor budget.
-struct Runner {
-    network: PreparedNetwork,
-    device_name: String,
-    max_tensor_bytes: Option<usize>,
-}
-
 /// Half the machine's RAM (from /proc/meminfo), or 4 GiB where that cannot be read.
 fn default_memory_budget() -> usize {
     let total_kib = std::fs::read_to_string("/proc/meminfo")
@@ -637,29 +651,25 @@ fn default_memory_budget() -> usize {
     total_kib.map_or(4 << 30, |kib| kib * 1024 / 2)
 }
 
-fn prepare_model(entry: &ModelEntry, choice: DeviceChoice, budget: usize) -> Result<Runner> {
-    let network = models::load_network(&model_files(entry)?)
-        .with_context(|| format!("model {}", entry.id))?;
-    Ok(match choice {
-        DeviceChoice::Cpu => Runner {
-            network: PreparedNetwork::cpu(&network),
-            device_name: "cpu".to_string(),
-            max_tensor_bytes: Some(budget),
-        },
-        #[cfg(feature = "gpu")]
-        DeviceChoice::Gpu => {
-            let gpu = pollster::block_on(insitu::engine::start_gpu()).map_err(|e| anyhow!(e))?;
-            Runner {
-                network: PreparedNetwork::gpu(&network, &gpu.device),
-                device_name: format!("gpu ({})", gpu.adapter),
-                max_tensor_bytes: Some(gpu.max_buffer_bytes),
-            }
-        }
-        #[cfg(not(feature = "gpu"))]
-        DeviceChoice::Gpu => bail!(
-            "this build has no GPU support; rebuild with `cargo build --release --features gpu`"
-        ),
-    })
+/// The device the one policy ([`device::choose`]) picks; auto's reason goes to stderr.
+fn choose_device(arg: DeviceArg, budget: usize) -> Result<DeviceChoice> {
+    let choice = pollster::block_on(device::choose(arg.request(), budget, device::start_gpu()))
+        .map_err(|e| anyhow!(e))?;
+    if let Some(why) = &choice.reason {
+        eprintln!("{why}");
+    }
+    Ok(choice)
+}
+
+/// A dense model, checked and loaded, ready on the chosen device.
+fn prepare_model(
+    entry: &ModelEntry,
+    device: DeviceArg,
+    budget: usize,
+) -> Result<(DenseModel, Prepared)> {
+    let model = DenseModel::load(&entry.id, &model_files(entry)?)?;
+    let prepared = Prepared::new(&model, choose_device(device, budget)?);
+    Ok((model, prepared))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -669,19 +679,21 @@ fn segment(
     output: &Path,
     space: Space,
     crop: bool,
-    choice: DeviceChoice,
+    device: DeviceArg,
     like_input: bool,
     (series, volume): (Option<&str>, Option<usize>),
     budget: usize,
 ) -> Result<()> {
     let entry = dense_model(model.as_deref())?;
     let (volume, format) = read_input_as(input, series, volume)?;
-    let runner = prepare_model(entry, choice, budget)?;
-    let result = run_model(entry, &runner, &volume, &input.display().to_string(), crop)?;
+    warn_fit(entry, &volume, input);
+    let (model, prepared) = prepare_model(entry, device, budget)?;
+    let run = run_model(&model, &prepared, budget, &volume, &input.display().to_string(), crop)?;
+    let result = &run.segmentation;
     eprintln!(
         "\r{} on {}: conform {:.0} ms, inference {:.0} ms, native {:.0} ms, total {:.0} ms",
         entry.id,
-        runner.device_name,
+        run.device.describe(),
         result.timings.conform,
         result.timings.inference,
         result.timings.native,
@@ -698,18 +710,15 @@ fn segment(
     write_labels(labels, output)
 }
 
-/// Runs the whole pipeline with a progress line on stderr.
+/// Runs the whole pipeline ([`run::segment`]) with a progress line on stderr.
 fn run_model(
-    entry: &ModelEntry,
-    runner: &Runner,
+    model: &DenseModel,
+    prepared: &Prepared,
+    cpu_budget: usize,
     volume: &Volume,
     name: &str,
     crop: bool,
-) -> Result<Segmentation> {
-    let options = SegmentOptions {
-        crop_to_foreground: crop,
-        max_tensor_bytes: runner.max_tensor_bytes,
-    };
+) -> Result<DenseRun> {
     let clock = Instant::now();
     let now = || clock.elapsed().as_secs_f64() * 1000.0;
     let mut progress = |stage: Stage| {
@@ -720,15 +729,20 @@ fn run_model(
         eprint!("{text}");
         let _ = std::io::stderr().flush();
     };
-    Ok(pollster::block_on(pipeline::segment(
+    let run = pollster::block_on(run::segment(
+        model,
+        prepared,
+        cpu_budget,
         volume,
         name,
-        entry.input.normalization,
-        &runner.network,
-        &options,
+        crop,
         &now,
         &mut progress,
-    ))?)
+    ))?;
+    if let Some(why) = &run.fallback {
+        eprintln!("\r{why}");
+    }
+    Ok(run)
 }
 
 fn read_labels(path: &Path) -> Result<LabelMap> {
@@ -880,7 +894,7 @@ fn eval_cohort(
     if cases.is_empty() {
         bail!("{}: no images", images.display());
     }
-    let runner = prepare_model(entry, DeviceChoice::Cpu, budget)?;
+    let (model, prepared) = prepare_model(entry, DeviceArg::Auto, budget)?;
     let mut csv = String::new();
     for (n, image) in cases.iter().enumerate() {
         let case = image
@@ -898,7 +912,9 @@ fn eval_cohort(
             )
         })?;
         let volume = read_input(image)?;
-        let result = run_model(entry, &runner, &volume, &image.display().to_string(), crop)?;
+        warn_fit(entry, &volume, image);
+        let run = run_model(&model, &prepared, budget, &volume, &image.display().to_string(), crop)?;
+        let result = &run.segmentation;
         let mut report =
             metrics::evaluate(&result.native, &read_labels(&reference)?, mapping, options)
                 .with_context(|| format!("{} vs {}", image.display(), reference.display()))?;
@@ -1132,8 +1148,9 @@ fn prompt(
     modality: Option<ModalityArg>,
     (level, width): (f64, f64),
     output: &Path,
-    choice: DeviceChoice,
+    device: DeviceArg,
     series: Option<&str>,
+    budget: usize,
 ) -> Result<()> {
     use insitu::litemedsam::pipeline::{self as sam, CtWindow, Modality, Prompt, PromptOptions};
     let entry = Registry::builtin().get(model)?;
@@ -1182,6 +1199,7 @@ fn prompt(
         })
         .collect();
     let (volume, _) = read_input_as(input, series, None)?;
+    warn_fit(entry, &volume, input);
     let name = input.display().to_string();
     sam::check_prompts(volume.geometry.dims, &prompts).map_err(|e| anyhow!("{name}: {e}"))?;
 
@@ -1189,20 +1207,10 @@ fn prompt(
         .file("lite_medsam.pth")
         .ok_or_else(|| anyhow!("model {} has no lite_medsam.pth", entry.id))?;
     let bytes = assets::fetch(assets::RemoteFile::model(file))?;
-    let (device, device_name) = match choice {
-        DeviceChoice::Cpu => (burn::tensor::Device::flex(), "cpu".to_string()),
-        #[cfg(feature = "gpu")]
-        DeviceChoice::Gpu => {
-            let gpu = pollster::block_on(insitu::engine::start_gpu()).map_err(|e| anyhow!(e))?;
-            (gpu.device, format!("gpu ({})", gpu.adapter))
-        }
-        #[cfg(not(feature = "gpu"))]
-        DeviceChoice::Gpu => bail!(
-            "this build has no GPU support; rebuild with `cargo build --release --features gpu`"
-        ),
-    };
+    let device = choose_device(device, budget)?;
+    let device_name = device.describe();
     let clock = Instant::now();
-    let sam_model = insitu::litemedsam::LiteMedSam::from_pth(&bytes, &device)
+    let sam_model = insitu::litemedsam::LiteMedSam::from_pth(&bytes, &device.burn_device())
         .with_context(|| format!("model {}", entry.id))?;
     // said before the slices run: the pipeline's own guess, made here first
     let modality = match modality {

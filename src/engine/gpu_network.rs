@@ -136,7 +136,21 @@ async fn wait_for(x: &Tensor<5>) -> Result<(), EngineError> {
     one.into_data_async()
         .await
         .map(|_| ())
-        .map_err(|e| EngineError::Execution(format!("{e:?}")))
+        .map_err(|e| execution_error("", e))
+}
+
+/// burn's execution errors print as a chain of "Caused by:" blocks and a backtrace note:
+/// one line of the distinct causes, for a message the page can show.
+fn execution_error(context: &str, error: impl std::fmt::Debug) -> EngineError {
+    let text = format!("{error:?}");
+    let mut causes: Vec<&str> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let noise = line.is_empty() || line == "Caused by:" || line.starts_with("Backtrace");
+        if !noise && line != "No backtrace available" && !causes.contains(&line) {
+            causes.push(line);
+        }
+    }
+    EngineError::Execution(format!("{context}{}", causes.join(": ")))
 }
 
 impl GpuLayer {
@@ -189,10 +203,10 @@ async fn argmax_labels(logits: Tensor<5>) -> Result<Vec<u16>, EngineError> {
     let data = indices
         .into_data_async()
         .await
-        .map_err(|e| EngineError::Execution(format!("{e:?}")))?;
+        .map_err(|e| execution_error("", e))?;
     let values = data
         .try_into_vec_as::<i64>()
-        .map_err(|e| EngineError::Execution(format!("argmax readback: {e:?}")))?;
+        .map_err(|e| execution_error("argmax readback: ", e))?;
     Ok(values.into_iter().map(|v| v as u16).collect())
 }
 

@@ -3,12 +3,13 @@
 //! A [`Network`] is plain data (weights as `f32` vectors, layer hyper-parameters); the
 //! [`crate::engine`] turns it into burn tensors on whatever device runs it.
 
+pub mod fit;
 mod meshnet_json;
 pub(crate) mod pth;
 pub mod registry;
 mod tfjs;
 
-pub use registry::{ModelEntry, Registry};
+pub use registry::{ModelEntry, ModelFormat, Registry, TaskKind};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -147,20 +148,23 @@ impl fmt::Display for ModelError {
 
 impl std::error::Error for ModelError {}
 
-/// Builds a network from the files of one model, detecting the format from `model.json`.
-pub fn load_network(files: &ModelFiles) -> Result<Network, ModelError> {
-    let json = files
-        .get("model.json")
-        .ok_or_else(|| ModelError::MissingFile("model.json".into()))?;
-    let value: serde_json::Value = serde_json::from_slice(json)
-        .map_err(|e| ModelError::BadFormat(format!("model.json is not JSON: {e}")))?;
-    if value.get("modelTopology").is_some() {
-        tfjs::load(&value, files)
-    } else if value.get("layers").is_some() {
-        meshnet_json::load(&value, files)
-    } else {
-        Err(ModelError::BadFormat(
-            "model.json is neither a TF.js layers model nor a brainchop-cli MeshNet config".into(),
-        ))
+/// Builds a dense network from the files of one model in `format` (the registry entry's; see
+/// [`ModelEntry::load_network`], which also checks the files).
+pub fn load_network(format: ModelFormat, files: &ModelFiles) -> Result<Network, ModelError> {
+    let json = || {
+        let bytes = files
+            .get("model.json")
+            .ok_or_else(|| ModelError::MissingFile("model.json".into()))?;
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .map_err(|e| ModelError::BadFormat(format!("model.json is not JSON: {e}")))
+    };
+    match format {
+        ModelFormat::TfjsLayers => tfjs::load(&json()?, files),
+        ModelFormat::MeshnetJson => meshnet_json::load(&json()?, files),
+        ModelFormat::LiteMedSamPth => Err(ModelError::BadFormat(
+            "LiteMedSAM is promptable: it segments what a box points at, not every voxel \
+             (use `insitu prompt`)"
+                .into(),
+        )),
     }
 }

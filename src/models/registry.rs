@@ -64,6 +64,19 @@ pub struct ModelCard {
     pub kind: TaskKind,
     /// The input it was trained on and how the pipeline prepares it.
     pub expected_input: String,
+    /// The same, as rules an input is checked against ([`super::fit`]).
+    pub accepts: Accepts,
+}
+
+/// What inputs a model was made for, in terms [`super::fit::warnings`] can check.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Accepts {
+    /// The modalities it was trained on, as guessed from intensities; empty: any.
+    pub modalities: Vec<crate::volume::modality::Modality>,
+    /// The largest field of view (mm, along any axis) it expects, e.g. a head's; None: any.
+    pub max_extent_mm: Option<f64>,
+    /// The fewest voxels along any axis it needs (a 3-D model needs a volume, not a slice).
+    pub min_voxels_per_axis: usize,
 }
 
 /// How the input volume is resampled before the model sees it.
@@ -167,6 +180,18 @@ impl ModelEntry {
             });
         }
         Ok(())
+    }
+
+    /// Checks every file this entry lists (present, sha256) once, then builds its dense
+    /// network with the loader of its registry `format`.
+    pub fn load_network(&self, files: &super::ModelFiles) -> Result<super::Network, ModelError> {
+        for file in &self.files {
+            let bytes = files.get(&file.name).ok_or_else(|| {
+                ModelError::MissingFile(format!("{} (model {})", file.name, self.id))
+            })?;
+            self.verify(&file.name, bytes)?;
+        }
+        super::load_network(self.format, files)
     }
 }
 

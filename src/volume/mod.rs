@@ -5,6 +5,7 @@ pub mod dicom;
 mod geometry;
 pub mod metaimage;
 pub mod mgh;
+pub mod modality;
 pub mod nifti;
 pub mod nrrd;
 #[cfg(target_arch = "wasm32")]

@@ -6,7 +6,7 @@ pub mod litemedsam;
 
 use insitu::assets::{self, RemoteFile};
 use insitu::engine::PreparedNetwork;
-use insitu::models::{ModelFiles, Registry};
+use insitu::models::{ModelError, ModelFiles, Network, Registry};
 use insitu::pipeline::{self, SegmentOptions, Segmentation};
 use insitu::volume::{self, Volume};
 use std::path::PathBuf;
@@ -37,6 +37,12 @@ pub fn model_files(model_id: &str) -> ModelFiles {
         files.insert(file.name.clone(), bytes);
     }
     files
+}
+
+/// Registry model `model_id`'s network, its files checked (from the mirror).
+pub fn network(model_id: &str) -> Result<Network, ModelError> {
+    let entry = Registry::builtin().get(model_id)?;
+    entry.load_network(&model_files(model_id))
 }
 
 /// A 48³ crop of the sample t1_crop from (100, 100, 100): small, with tissue in it.
