@@ -220,7 +220,7 @@ export class Offline {
   async turnKeepingOn() {
     setKeeping(true);
     this.note = '';
-    this.sessionStatus({ ok: true, text: '' });
+    this.sessionStatus({ ok: true, text: 'What you open, run and evaluate is kept in this browser and restored on reload.' });
     this.onKeepingOn();
     await this.register();
   }
