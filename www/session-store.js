@@ -140,8 +140,8 @@ export class SessionStore {
       // The volume and the reference are large and change rarely: written when they change.
       for (const key of ['input', 'reference']) {
         if (what[key] === this.saved[key]) continue;
-        store.put(what[key], key);
         bytes += sizeOf(what[key]);
+        store.put(what[key], key);
       }
       store.put(runs, 'runs');
       store.put({ evalSettings: state.evalSettings, selected: state.result?.id ?? null, savedAt: Date.now() }, 'meta');
