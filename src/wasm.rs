@@ -9,7 +9,9 @@ use crate::metrics::{self, EvalOptions, LabelMapping};
 use crate::models::{fit, ModelFiles, Registry};
 use crate::pipeline::{self, Stage};
 use crate::run::{self, DenseModel, DenseRun, Prepared};
-use crate::volume::{self, nifti, FilesContent, Format, LabelMap, Volume};
+use crate::volume::{
+    self, dicom, human_bytes, nifti, Format, LabelMap, MemoryNeed, Opened as OpenedFiles, Volume,
+};
 use js_sys::{Function, Map, Object, Promise, Reflect, Uint8Array};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -46,56 +48,60 @@ pub fn inspect_volume(
     series: Option<String>,
     with_view: bool,
 ) -> Result<JsValue, JsError> {
-    read_selection(&files, series.as_deref(), with_view).map(|(summary, _)| summary)
+    read_selection(&files, series.as_deref(), None, with_view).map(|(summary, _)| summary)
+}
+
+/// A series of a listing as the page shows it.
+fn series_json(s: &dicom::SeriesInfo) -> serde_json::Value {
+    serde_json::json!({
+        "uid": s.uid, "description": s.description, "number": s.number,
+        "modality": s.modality, "files": s.files.len(), "dims": s.dims,
+        "volumes": s.volumes.len(), "problem": s.problem,
+    })
+}
+
+fn to_js(value: &serde_json::Value) -> Result<JsValue, JsError> {
+    js_sys::JSON::parse(&value.to_string()).map_err(|_| JsError::new("summary JSON"))
 }
 
 /// The summary of a selection of files, and the volume when they hold one.
 fn read_selection(
     files: &Map,
     series: Option<&str>,
+    volume: Option<u32>,
     with_view: bool,
 ) -> Result<(JsValue, Option<(Volume, Format)>), JsError> {
     let error = |e: &dyn std::fmt::Display| JsError::new(&e.to_string());
     let files = file_list(files);
-    let (summary, view, opened) =
-        match volume::read_files(&files, series).map_err(|e| error(&e))? {
-            FilesContent::Series(list) => {
-                let series: Vec<_> = list
-                    .series
-                    .iter()
-                    .map(|s| {
-                        serde_json::json!({
-                            "uid": s.uid, "description": s.description, "number": s.number,
-                            "modality": s.modality, "files": s.files.len(), "dims": s.dims,
-                        })
-                    })
-                    .collect();
-                (
-                    serde_json::json!({"series": series, "skipped": list.skipped}),
-                    None,
-                    None,
-                )
-            }
-            FilesContent::Volume {
-                volume,
-                format,
-                skipped,
-            } => {
-                let g = &volume.geometry;
-                let info = serde_json::json!({
-                    "dims": g.dims,
-                    "spacing": g.spacing,
-                    "orientation": g.orientation_code(),
-                    "affine": g.affine,
-                    "format": format.name(),
-                });
-                let view = with_view.then(|| nifti::write_volume(&volume, false));
-                let summary = serde_json::json!({"info": info, "skipped": skipped});
-                (summary, view, Some((volume, format)))
-            }
-        };
-    let out =
-        js_sys::JSON::parse(&summary.to_string()).map_err(|_| JsError::new("summary JSON"))?;
+    let opened =
+        volume::open_files(&files, series, volume.map(|v| v as usize)).map_err(|e| error(&e))?;
+    drop(files);
+    let (summary, view, opened) = match opened {
+        OpenedFiles::Series(list) => {
+            let series: Vec<_> = list.series.iter().map(series_json).collect();
+            (
+                serde_json::json!({"series": series, "skipped": list.skipped}),
+                None,
+                None,
+            )
+        }
+        OpenedFiles::Volume(o) => {
+            let g = &o.volume.geometry;
+            let info = serde_json::json!({
+                "dims": g.dims,
+                "spacing": g.spacing,
+                "orientation": g.orientation_code(),
+                "affine": g.affine,
+                "format": o.format.name(),
+            });
+            let view = with_view.then(|| nifti::write_volume(&o.volume, false));
+            let summary = serde_json::json!({
+                "info": info, "skipped": o.skipped, "volumes": o.volumes, "chosen": o.chosen,
+            });
+            (summary, view, Some((o.volume, o.format)))
+        }
+    };
+    let out = to_js(&summary)?;
     if let Some(view) = view {
         Reflect::set(
             &out,
@@ -105,6 +111,121 @@ fn read_selection(
         .map_err(|_| JsError::new("cannot build the result object"))?;
     }
     Ok((out, opened))
+}
+
+/// Reserved in the wasm heap for the code, the models and their prepared copies.
+const CODE_AND_MODELS: u64 = 256 << 20;
+
+/// What the page's wasm heap leaves for an input: wasm32's 4 GiB, less a run's activations
+/// (the CPU path's [`CPU_MEMORY_BUDGET`]: a WebGPU run that fails is repeated on it) and
+/// [`CODE_AND_MODELS`]. The rule: an input fits when [`page_need`] is at most this.
+const PAGE_INPUT_LIMIT: u64 =
+    volume::WASM32_MEMORY_LIMIT - CPU_MEMORY_BUDGET as u64 - CODE_AND_MODELS;
+
+/// What opening an input holds in the page's wasm heap: the files, the float32 volume and a
+/// label map ([`MemoryNeed::total_bytes`]), plus the float32 copy `open(with_view)` writes for
+/// the viewer ([`nifti::write_volume`]: 4 bytes a voxel, as the volume).
+fn page_need(need: &MemoryNeed) -> u64 {
+    need.total_bytes.saturating_add(need.volume_bytes)
+}
+
+/// What to do with an input too big for the page.
+const WHAT_TO_DO: &str = "Crop or downsample it first (insitu convert --crop \
+    i0,j0,k0,ni,nj,nk --output smaller.nii.gz INPUT), or segment it with the insitu command-line \
+    tool, which has no such limit.";
+
+/// `{fits, need_bytes, limit_bytes, describe, message}` for an input called `name`; `message`
+/// (when it does not fit) says what it needs, the limit, and what to do.
+fn need_json(name: &str, need: &MemoryNeed) -> serde_json::Value {
+    let bytes = page_need(need);
+    let fits = bytes <= PAGE_INPUT_LIMIT;
+    let message = (!fits).then(|| {
+        format!(
+            "{name} ({} on disk) is too big to open in this page: it needs about {} of the page's \
+             memory ({}, and {} more for the viewer's copy), more than the {} the page can give a \
+             volume (a browser's WebAssembly memory is at most {}; {} of it is kept for a run and \
+             {} for the code and models). {WHAT_TO_DO}",
+            human_bytes(need.file_bytes),
+            human_bytes(bytes),
+            need.describe(),
+            human_bytes(need.volume_bytes),
+            human_bytes(PAGE_INPUT_LIMIT),
+            human_bytes(volume::WASM32_MEMORY_LIMIT),
+            human_bytes(CPU_MEMORY_BUDGET as u64),
+            human_bytes(CODE_AND_MODELS),
+        )
+    });
+    serde_json::json!({
+        "fits": fits, "need_bytes": bytes, "limit_bytes": PAGE_INPUT_LIMIT,
+        "describe": need.describe(), "message": message,
+    })
+}
+
+/// Whether a file fits the page's memory, from its first bytes (`head`, e.g. the first
+/// [`dicom::HEAD_BYTES`]) and its size: `{fits, need_bytes, limit_bytes, describe, message}`,
+/// or `null` for a format (or a header) the core cannot size without reading the file.
+#[wasm_bindgen]
+pub fn memory_need(name: &str, head: &[u8], size: f64) -> Result<JsValue, JsError> {
+    match volume::memory_need(Some(name), head, size as u64) {
+        Ok(need) => to_js(&need_json(name, &need)),
+        // A grid past what insitu reads at all (nifti::MAX_VOXELS, ...).
+        Err(e @ volume::VolumeError::TooLarge(_)) => to_js(&serde_json::json!({
+            "fits": false, "limit_bytes": PAGE_INPUT_LIMIT,
+            "message": format!(
+                "{name} ({} on disk) is too big to open in this page ({e}; the page can give a \
+                 volume at most {}). {WHAT_TO_DO}",
+                human_bytes(size as u64),
+                human_bytes(PAGE_INPUT_LIMIT),
+            ),
+        })),
+        Err(_) => Ok(JsValue::NULL),
+    }
+}
+
+/// Lists the DICOM series among files from their first bytes: `heads` is `[[name,
+/// Uint8Array (the first bytes, or all), size]]`. Resolves `{series: [{uid, description,
+/// number, modality, files, dims, volumes, problem, file_names, need: {fits, ...}}], skipped,
+/// need_more}`; `need_more` names the files whose header goes on past the bytes given (send
+/// them whole, with the others' heads again).
+#[wasm_bindgen]
+pub fn list_series_heads(name: &str, heads: js_sys::Array) -> Result<JsValue, JsError> {
+    let heads: Vec<dicom::FileHead> = heads
+        .iter()
+        .filter_map(|entry| {
+            let entry: js_sys::Array = entry.dyn_into().ok()?;
+            Some(dicom::FileHead {
+                name: entry.get(0).as_string()?,
+                bytes: entry.get(1).dyn_into::<Uint8Array>().ok()?.to_vec(),
+                size: entry.get(2).as_f64()? as u64,
+            })
+        })
+        .collect();
+    let sizes: HashMap<&str, u64> = heads.iter().map(|h| (h.name.as_str(), h.size)).collect();
+    let listing = dicom::list_series_heads(&heads).map_err(|e| JsError::new(&e.to_string()))?;
+    let series: Vec<_> = listing
+        .list
+        .series
+        .iter()
+        .map(|s| {
+            let bytes = s
+                .files
+                .iter()
+                .map(|f| sizes.get(f.as_str()).copied().unwrap_or(0))
+                .sum();
+            let what = if s.description.is_empty() {
+                name.to_string()
+            } else {
+                s.description.clone()
+            };
+            let mut json = series_json(s);
+            json["file_names"] = serde_json::json!(s.files);
+            json["need"] = need_json(&what, &volume::memory_need_of_series(s, bytes));
+            json
+        })
+        .collect();
+    to_js(&serde_json::json!({
+        "series": series, "skipped": listing.list.skipped, "need_more": listing.need_more,
+    }))
 }
 
 /// Metrics of a segmentation against reference labels. `mapping` is a preset key, a mapping
@@ -219,20 +340,24 @@ impl Insitu {
 
     /// Opens a selection of files (`Map<name, Uint8Array>`; `name` names it in messages): one
     /// volume file, a `.mhd`/`.nhdr` header with its data file, or DICOM files (`series` picks
-    /// one of several series). Resolves `{series: [{uid, description, number, modality, files,
-    /// dims}], skipped}` when the files hold several series and none was chosen, else keeps the
-    /// volume for [`segment`](Self::segment) and resolves `{info: {dims, spacing, orientation,
-    /// affine, format}, skipped, view?}` where `view` (when `with_view`) is the volume as an
-    /// uncompressed NIfTI for the viewer. `skipped` lists `[file, why]` of files not used. A
+    /// one of several series; `volume`, from 0, one of the 3-D volumes of a 4-D input, default
+    /// the first). Resolves `{series: [{uid, description, number, modality, files, dims,
+    /// volumes, problem}], skipped}` when the files hold several series and none was chosen,
+    /// else keeps the volume for [`segment`](Self::segment) and resolves `{info: {dims,
+    /// spacing, orientation, affine, format}, skipped, volumes: [VolumeChoice], chosen, view?}`
+    /// (`volumes` lists every 3-D volume of the input, one for a 3-D input; `chosen` is the one
+    /// kept) where `view` (when `with_view`) is the volume as an uncompressed NIfTI for the
+    /// viewer. `skipped` lists `[file, why]` of files not used. A
     /// selection that fails leaves the kept volume as it was.
     pub fn open(
         &self,
         name: String,
         files: Map,
         series: Option<String>,
+        volume: Option<u32>,
         with_view: bool,
     ) -> Result<JsValue, JsError> {
-        let (summary, opened) = read_selection(&files, series.as_deref(), with_view)?;
+        let (summary, opened) = read_selection(&files, series.as_deref(), volume, with_view)?;
         if let Some((volume, format)) = opened {
             self.state.borrow_mut().volume = Some(Rc::new(Opened {
                 volume,
@@ -313,7 +438,10 @@ async fn segment_kept(
 
     let (opened, model) = {
         let kept = state.borrow();
-        let opened = kept.volume.clone().ok_or("no volume is open: open one first")?;
+        let opened = kept
+            .volume
+            .clone()
+            .ok_or("no volume is open: open one first")?;
         let model = kept.models.get(model_id).cloned().ok_or_else(|| {
             format!("model {model_id} is not loaded: send its files first (add_model)")
         })?;
@@ -376,14 +504,23 @@ fn run_result(
     set("labels", bytes(nifti::write_labels(&result.native, true)))?;
     let like_input = volume::write_labels_like(opened.format, &result.native);
     set("labels_like_input", bytes(like_input))?;
-    set("like_input_extension", opened.format.label_extension().into())?;
+    set(
+        "like_input_extension",
+        opened.format.label_extension().into(),
+    )?;
     set("backend", run.device.backend().into())?;
     set("adapter", run.device.adapter.clone().into())?;
     set("reason", reason.map_or(JsValue::NULL, JsValue::from))?;
-    set("fallback", run.fallback.as_deref().map_or(JsValue::NULL, JsValue::from))?;
+    set(
+        "fallback",
+        run.fallback.as_deref().map_or(JsValue::NULL, JsValue::from),
+    )?;
     set("timings_ms", serde_wasm_bindgen::to_value(&result.timings)?)?;
     set("n_classes", (model.network.n_classes() as u32).into())?;
-    set("parameters", (model.network.parameter_count() as f64).into())?;
+    set(
+        "parameters",
+        (model.network.parameter_count() as f64).into(),
+    )?;
     set("gflops", (result.flops as f64 / 1e9).into())?;
     set("peak_tensor_mb", mib(result.peak_tensor_bytes))?;
     set("wasm_heap_mb", mib(wasm_heap_bytes()))?;

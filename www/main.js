@@ -1,7 +1,7 @@
 // The page: picks a volume and a model, runs the segmentation in a worker (www/worker.js),
 // shows the result in the viewer, and offers it for download. No framework: a few elements,
 // one `state` object, and functions that update both.
-import { OPS, STAGES as STAGE_SHARES } from './protocol.js';
+import { HEAD_BYTES, OPS, STAGES as STAGE_SHARES } from './protocol.js';
 import { Viewer, ERROR_COLOURS } from './viewer.js';
 import {
   comparisonCsv,
@@ -23,6 +23,9 @@ const el = {
   seriesChooser: $('series-chooser'),
   seriesSelect: $('series-select'),
   seriesOpen: $('series-open'),
+  volumeChooser: $('volume-chooser'),
+  volumeSelect: $('volume-select'),
+  volumeOpen: $('volume-open'),
   modelSelect: $('model-select'),
   modelInfo: $('model-info'),
   modelFit: $('model-fit'),
@@ -68,10 +71,12 @@ const state = {
   ready: false, // the core (wasm) has started in the worker
   registry: null, // {models: [...]}
   // The volume: its files as chosen ([[name, Uint8Array]]; one file, a header and its data, or
-  // DICOM slices), the DICOM series chosen among them, and what the core read:
-  // {name, files, series, info: {dims, spacing, orientation, affine, format}, skipped}
+  // DICOM slices), the DICOM series chosen among them, the 3-D volume chosen of a 4-D input
+  // (`volume`, from 0, of `volumes`: the core's VolumeChoice list), and what the core read:
+  // {name, files, series, volume, volumes, info: {dims, spacing, orientation, affine, format}, skipped}
   input: null,
-  // Files holding several DICOM series, waiting for the user to choose: {name, files, series: [...]}
+  // Files holding several DICOM series, waiting for the user to choose: {name, series: [...],
+  // open(series) -> the files' reader for loadVolume}
   pendingSeries: null,
   result: null, // the selected run (see `runs`)
   // Runs on the current input, keyed by model id, in the order they were first made:
@@ -98,6 +103,13 @@ window.insitu = {
   get lastResult() {
     return state.result;
   },
+  /** Bytes of each file's start sent to list DICOM series (protocol.js HEAD_BYTES; tests lower it). */
+  headBytes: HEAD_BYTES,
+  /** What listing the last DICOM selection sent: {files, wholeFiles, sentBytes, totalBytes}. */
+  listing: null,
+  /** Set by tests: keep the viewer's copy of the last volume opened in `lastView`. */
+  keepView: false,
+  lastView: null,
 };
 
 // ---- the worker -------------------------------------------------------------------------
@@ -177,7 +189,8 @@ class Core {
   /** Makes `input` the volume the worker holds, sending it when the worker has another or none. */
   async ensureOpen(input) {
     if (this.opened === input) return;
-    await this.call(OPS.open, { name: input.name, files: input.files, series: input.series, view: false });
+    const { name, files, series, volume } = input;
+    await this.call(OPS.open, { name, files, series, volume, view: false });
     this.opened = input;
   }
 
@@ -289,6 +302,8 @@ function updateControls() {
   el.sampleButton.disabled = busy;
   el.seriesSelect.disabled = busy;
   el.seriesOpen.disabled = busy || !state.pendingSeries;
+  el.volumeSelect.disabled = busy;
+  el.volumeOpen.disabled = busy || !state.input;
   el.modelSelect.disabled = busy || !state.registry;
   el.runButton.disabled = busy || !state.ready || !state.input || !selectedModel();
   el.cancelButton.disabled = !state.segmenting;
@@ -388,6 +403,9 @@ function showVolumeInfo() {
   if (dims.length) parts.push(`${dims.join(' × ')} voxels`);
   if (spacing.length) parts.push(`${spacing.slice(0, 3).map((s) => Number(s).toFixed(2)).join(' × ')} mm`);
   if (orientation !== undefined) parts.push(String(Array.isArray(orientation) ? orientation.join('') : orientation));
+  const volumes = input.volumes ?? [];
+  const shown = volumes.find((v) => v.index === input.volume);
+  if (volumes.length > 1 && shown) parts.push(`volume ${shown.index} of ${volumes.length}, from 0 (${shown.description})`);
   if (input.skipped?.length) parts.push(`${input.skipped.length} file(s) not used`);
   el.volumeInfo.textContent = parts.join(' · ');
   el.volumeInfo.title = (input.skipped ?? []).map(([name, why]) => `${name}: ${why}`).join('\n');
@@ -414,6 +432,27 @@ function showSeriesChooser() {
       return option;
     }),
   );
+}
+
+/** Offers the 3-D volumes of a 4-D input (fMRI, DWI, multi-echo); the chosen one is shown. */
+function showVolumeChooser() {
+  const volumes = state.input?.volumes ?? [];
+  el.volumeChooser.hidden = volumes.length < 2;
+  el.volumeSelect.replaceChildren(...volumes.map((v) => new Option(`${v.index} · ${v.description}`, String(v.index))));
+  if (volumes.length > 1) el.volumeSelect.value = String(state.input.volume);
+}
+
+/** The chosen volume of the input again, as another of its volumes. */
+function openChosenVolume() {
+  const input = state.input;
+  const volume = Number(el.volumeSelect.value);
+  if (!input || !Number.isInteger(volume)) return;
+  return loadVolume(input.name, async () => ({ files: input.files, series: input.series, skipped: input.skipped }), volume);
+}
+
+/** The base of a run's file names: the input's, and its volume when it holds several. */
+function inputStem(input) {
+  return stem(input.name) + ((input.volumes?.length ?? 0) > 1 ? `_vol${input.volume}` : '');
 }
 
 function showRunStatus(result) {
@@ -444,23 +483,29 @@ const store = new SessionStore((status) => offline.sessionStatus(status));
 const offline = new Offline({ store, onKeepingOn: () => store.save(state) });
 
 /**
- * Reads files with the core, then makes them the input; files holding several DICOM series
- * first ask which one (`series`). A bad selection leaves everything as it was.
+ * Reads files with the core, then makes them the input. `readFiles` resolves `{files, series,
+ * skipped}` (the files, the DICOM series to open, files already left out) or `{pending}`: DICOM
+ * series to choose from (pendingSeries); it throws, before reading, for files too big. `volume`
+ * picks one of a 4-D input's volumes (default the first). A bad selection leaves everything as
+ * it was.
  */
-async function loadVolume(name, readFiles, series = null) {
+async function loadVolume(name, readFiles, volume = null) {
   if (state.running) return;
   clearError();
   state.running = true;
   updateControls();
   el.stage.textContent = `Opening ${name}…`;
   try {
-    const files = await readFiles();
     await core.ready;
-    const opened = await core.call(OPS.open, { name, files, series, view: viewer.running });
-    if (opened.series) {
-      state.pendingSeries = { name, files, series: opened.series };
+    const read = await readFiles();
+    let pending = read.pending;
+    const { files, series = null, skipped = [] } = read;
+    const opened = pending ? null : await core.call(OPS.open, { name, files, series, volume, view: viewer.running });
+    if (opened?.series) pending = { name, series: opened.series, open: (s) => async () => ({ files, series: s.uid }) };
+    if (pending) {
+      state.pendingSeries = pending;
       showSeriesChooser();
-      el.stage.textContent = `${name} holds ${opened.series.length} series: choose one.`;
+      el.stage.textContent = `${name} holds ${pending.series.length} series: choose one.`;
       return;
     }
     state.pendingSeries = null;
@@ -468,7 +513,15 @@ async function loadVolume(name, readFiles, series = null) {
     // Keep only the files the volume is made of: a fresh worker is sent them again.
     const unused = new Set(opened.skipped.map(([path]) => path));
     const used = files.filter(([path]) => !unused.has(path));
-    state.input = { name, files: used, series, info: opened.info, skipped: opened.skipped };
+    state.input = {
+      name,
+      files: used,
+      series,
+      volume: opened.chosen,
+      volumes: opened.volumes,
+      info: opened.info,
+      skipped: [...skipped, ...opened.skipped],
+    };
     core.opened = state.input;
     state.result = null;
     state.runs = new Map(); // runs and the reference belong to one case
@@ -480,8 +533,10 @@ async function loadVolume(name, readFiles, series = null) {
     el.progress.value = 0;
     el.stage.textContent = 'Ready to run.';
     showVolumeInfo();
+    showVolumeChooser();
     showFit();
     showLegend(selectedModel()?.labels ?? []);
+    window.insitu.lastView = window.insitu.keepView ? opened.view : null;
     if (viewer.running && opened.view) {
       try {
         await viewer.showVolume(opened.view, `${stem(name)}.nii`);
@@ -509,24 +564,90 @@ function selectionName(files, folder) {
   return header ? header.file.name : `${files[0].file.name} and ${files.length - 1} more`;
 }
 
+/** [[path, bytes]] of [{path, file}], read whole. */
+function readWhole(files) {
+  return Promise.all(files.map(async ({ path, file }) => [path, await readBytes(path, file)]));
+}
+
+async function readBytes(path, file, end = file.size) {
+  try {
+    return new Uint8Array(await file.slice(0, end).arrayBuffer());
+  } catch (err) {
+    throw new Error(`${path} could not be read (${err.message ?? err}).`);
+  }
+}
+
+/** Refuses, before reading it whole, a file too big for the worker's memory (see
+ *  OPS.memoryNeed); a format whose size the core cannot tell from its head is read as before. */
+async function checkFits({ path, file }) {
+  const head = await readBytes(path, file, HEAD_BYTES);
+  const need = await core.call(OPS.memoryNeed, { name: path, head, size: file.size });
+  if (need && !need.fits) throw new Error(need.message);
+}
+
+/**
+ * Lists the DICOM series of files from their heads (window.insitu.headBytes each; the files
+ * whose header goes on past them, whole), so that listing reads no pixel data.
+ */
+async function listFromHeads(name, files) {
+  const whole = new Set();
+  let sentBytes = 0;
+  for (;;) {
+    const heads = await Promise.all(
+      files.map(async ({ path, file }) => {
+        const bytes = await readBytes(path, file, whole.has(path) ? file.size : window.insitu.headBytes);
+        sentBytes += bytes.byteLength;
+        return [path, bytes, file.size];
+      }),
+    );
+    const listing = await core.call(OPS.listSeries, { name, heads });
+    const more = listing.need_more.filter((path) => !whole.has(path));
+    if (!more.length) {
+      const totalBytes = files.reduce((sum, { file }) => sum + file.size, 0);
+      window.insitu.listing = { files: files.length, wholeFiles: whole.size, sentBytes, totalBytes };
+      return listing;
+    }
+    for (const path of more) whole.add(path);
+  }
+}
+
+/** Reads the files of one listed series whole, after checking that it fits (the others are
+ *  reported as not used). */
+async function readSeries(files, listing, series) {
+  if (!series.need.fits) throw new Error(series.need.message);
+  const names = new Set(series.file_names);
+  const skipped = [...listing.skipped];
+  for (const other of listing.series.filter((s) => s !== series)) {
+    const why = `DICOM series "${other.description}" (not the one opened)`;
+    skipped.push(...other.file_names.map((path) => [path, why]));
+  }
+  return { files: await readWhole(files.filter(({ path }) => names.has(path))), series: series.uid, skipped };
+}
+
 /**
  * Loads files ([{path, file}] from the file chooser, a folder chooser or a drop). Paths keep
  * same-named files of different folders apart (DICOM exports reuse slice names per series).
+ * One file is checked against the memory the page has first; several (no .mhd/.nhdr header)
+ * are listed as DICOM series from their heads, and only the chosen series is read whole.
  */
 function loadFiles(files, folder = null) {
   if (!files.length) return;
   const name = selectionName(files, folder);
-  return loadVolume(name, () =>
-    Promise.all(
-      files.map(async ({ path, file }) => {
-        try {
-          return [path, new Uint8Array(await file.arrayBuffer())];
-        } catch (err) {
-          throw new Error(`${path} could not be read (${err.message ?? err}).`);
-        }
-      }),
-    ),
-  );
+  const header = files.some(({ file }) => /\.(mhd|nhdr)$/i.test(file.name));
+  if (files.length === 1 || header) {
+    return loadVolume(name, async () => {
+      if (files.length === 1) await checkFits(files[0]);
+      return { files: await readWhole(files) };
+    });
+  }
+  return loadVolume(name, async () => {
+    const listing = await listFromHeads(name, files);
+    // No DICOM series: the core decides (e.g. one volume file beside a .json sidecar).
+    if (!listing.series.length) return { files: await readWhole(files) };
+    if (listing.series.length === 1) return readSeries(files, listing, listing.series[0]);
+    const open = (series) => () => readSeries(files, listing, series);
+    return { pending: { name, series: listing.series, open } };
+  });
 }
 
 /** [{path, file}] of chosen File objects (a folder chooser gives each its relative path). */
@@ -543,14 +664,14 @@ function openChosenSeries() {
   const name = [chosen.description || chosen.modality || 'DICOM series', number !== null && `(series ${number})`]
     .filter(Boolean)
     .join(' ');
-  return loadVolume(name, async () => pending.files, chosen.uid);
+  return loadVolume(name, pending.open(chosen));
 }
 
 function loadSample() {
   return loadVolume('t1_crop.nii.gz', async () => {
     const response = await fetch(SAMPLE_URL);
     if (!response.ok) throw new Error(`The sample volume could not be loaded (HTTP ${response.status} for ${SAMPLE_URL}).`);
-    return [['t1_crop.nii.gz', new Uint8Array(await response.arrayBuffer())]];
+    return { files: [['t1_crop.nii.gz', new Uint8Array(await response.arrayBuffer())]] };
   });
 }
 
@@ -606,7 +727,7 @@ async function run() {
       state.segmenting = false;
       updateControls();
     }
-    const fileName = `${stem(input.name)}_${model.id}.nii.gz`;
+    const fileName = `${inputStem(input)}_${model.id}.nii.gz`;
     const newRun = {
       ...value,
       id: model.id,
@@ -946,7 +1067,8 @@ async function restoreSaved(saved) {
   store.paused = true; // the session is rebuilt in steps: keep the stored one until it is whole
   try {
     await viewerStarted;
-    await loadVolume(saved.input.name, async () => saved.input.files, saved.input.series);
+    const { name, files, series, skipped, volume } = saved.input;
+    await loadVolume(name, async () => ({ files, series, skipped }), volume);
     if (state.input?.name !== saved.input.name) return; // it could not be reopened: the error says why
     state.runs = new Map(saved.runs.map((run) => [run.id, run]));
     state.reference = saved.reference;
@@ -980,6 +1102,7 @@ el.folderInput.addEventListener('change', () => {
   loadFiles(files, files[0]?.path.split('/')[0] || null);
 });
 el.seriesOpen.addEventListener('click', openChosenSeries);
+el.volumeOpen.addEventListener('click', openChosenVolume);
 el.sampleButton.addEventListener('click', loadSample);
 el.runButton.addEventListener('click', run);
 el.cancelButton.addEventListener('click', cancel);

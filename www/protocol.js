@@ -10,10 +10,21 @@
 //   {gpuFailed: reason}                                    the WebGPU device was lost or raised an
 //                                                          error: this worker's GPU is unusable
 
+/** Bytes of a file's start that hold its header (insitu::volume::dicom::HEAD_BYTES). */
+export const HEAD_BYTES = 64 << 10;
+
 export const OPS = Object.freeze({
-  /** {name, files: [[path, bytes]], series, view} -> the core's summary; the worker keeps the
-   *  volume for `segment` (a worker started afresh keeps nothing: open it again). */
+  /** {name, files: [[path, bytes]], series, volume, view} -> the core's summary (with `volumes`,
+   *  the 3-D volumes of the input, and `chosen`, the one opened: `volume`, default 0); the worker
+   *  keeps the volume for `segment` (a worker started afresh keeps nothing: open it again). */
   open: 'open',
+  /** {name, head: bytes (the file's first HEAD_BYTES), size} -> null (the core cannot tell
+   *  without the whole file) | {fits, need_bytes, limit_bytes, describe, message}: whether the
+   *  file fits the worker's wasm heap (src/wasm.rs, `page_need`), asked before reading it. */
+  memoryNeed: 'memory-need',
+  /** {name, heads: [[path, bytes, size]]} -> {series: [{..., file_names, need}], skipped,
+   *  need_more}: the DICOM series of files from their first bytes; send `need_more` whole. */
+  listSeries: 'list-series',
   /** As `open`, keeping nothing (checks a file, e.g. reference labels). */
   inspect: 'inspect',
   /** {modelId, options: {backend, crop}, base} -> the run (labels, backend, adapter, reason,

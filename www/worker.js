@@ -1,7 +1,15 @@
 // The inference worker: loads the Rust core (wasm) and holds its handle (`Insitu`: the opened
 // volume, the loaded models), fetches and checks model files, runs segmentations and reports
 // progress. Its messages are defined in www/protocol.js.
-import init, { Insitu, registry_json, inspect_volume, evaluate, mapping_presets_json } from '../pkg/insitu.js';
+import init, {
+  Insitu,
+  registry_json,
+  inspect_volume,
+  evaluate,
+  mapping_presets_json,
+  memory_need,
+  list_series_heads,
+} from '../pkg/insitu.js';
 import { OPS } from './protocol.js';
 
 const wasmUrl = new URL('../pkg/insitu_bg.wasm', import.meta.url);
@@ -136,9 +144,19 @@ function fileMap(files) {
 }
 
 const ops = {
-  async [OPS.open]({ name, files, series, view }) {
+  async [OPS.open]({ name, files, series, volume, view }) {
     await ready;
-    return plain(core.open(name, fileMap(files), series ?? undefined, Boolean(view)));
+    return plain(core.open(name, fileMap(files), series ?? undefined, volume ?? undefined, Boolean(view)));
+  },
+
+  async [OPS.memoryNeed]({ name, head, size }) {
+    await ready;
+    return plain(memory_need(name, new Uint8Array(head), size));
+  },
+
+  async [OPS.listSeries]({ name, heads }) {
+    await ready;
+    return plain(list_series_heads(name, heads.map(([path, bytes, size]) => [path, new Uint8Array(bytes), size])));
   },
 
   async [OPS.inspect]({ files, series, view }) {
