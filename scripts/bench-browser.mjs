@@ -278,7 +278,7 @@ async function openTfjs(context, origin, backend) {
         })
         .catch((e) => { throw new Error(`TF.js ${backend} at ${size.dims.join('x')}: ${e.message}${tail()}`); });
       const raw = new Uint8Array(Buffer.from(r.labels, 'base64'));
-      return { ms: r.ms, pageMs: r.ms + r.loadMs, labels: keepLargestComponent(raw, size.dims), rawLabels: raw, device };
+      return { ms: r.ms, pageMs: r.ms + r.loadMs, labels: keepLargestComponent(raw, size.outDims ?? size.dims), rawLabels: raw, device };
     },
   };
 }
@@ -434,8 +434,11 @@ async function main() {
         const theirs = warm(t);
         return Number.isFinite(theirs) && Number.isFinite(w) ? theirs / w : NaN;
       });
-      const eqCpu = agreement(labels[`${impl}@${size}`], labels[`insitu-cpu@${size}`]);
-      const eqWasm = agreement(labels[`${impl}@${size}`], labels[`tfjs-wasm@${size}`]);
+      // at the GPU-only sizes: against insitu-webgpu and tfjs-webgl instead
+      const insituRef = labels[`insitu-cpu@${size}`] ?? labels[`insitu-webgpu@${size}`];
+      const tfjsRef = labels[`tfjs-wasm@${size}`] ?? labels[`tfjs-webgl@${size}`];
+      const eqCpu = agreement(labels[`${impl}@${size}`], insituRef);
+      const eqWasm = agreement(labels[`${impl}@${size}`], tfjsRef);
       const cells = [
         `${size}³`.padEnd(widths[0]),
         impl.padEnd(widths[1]),
@@ -452,6 +455,7 @@ async function main() {
     }
   }
   out('x/x: that TF.js backend\'s warm median / this row\'s warm median (above 1: this row is faster); = X: share of voxels labelled as X labelled them');
+  out('(at sizes without insitu-cpu / tfjs-wasm the agreement columns compare with insitu-webgpu / tfjs-webgl)');
   out(`TF.js labels: argmax, then the largest 26-connected non-background component kept (insitu's clean-up without niimath's cavity filling)`);
   const text = lines.join('\n');
   console.log(`\n${text}`);
