@@ -3,8 +3,8 @@
 // tests drive it) against TensorFlow.js, brainchop's own runtime (webgl, wasm and webgpu
 // backends), in one headless Chromium, interleaved, on the same crops, same model, same input.
 //
-//   node scripts/bench-browser.mjs [--model tissue_gw_tfjs|tissue_gw_20ch] [--sizes 64,128]
-//        [--gpu-sizes 64] [--repeat 2] [--gpu-repeat 1] [--impls insitu-cpu,insitu-webgpu,tfjs-wasm,tfjs-webgl,tfjs-webgpu]
+//   node scripts/bench-browser.mjs [--model tissue_gw_tfjs|tissue_gw_20ch] [--sizes 64]
+//        [--gpu-sizes 32] [--repeat 1] [--gpu-repeat 1] [--impls insitu-cpu,insitu-webgpu,tfjs-wasm,tfjs-webgl,tfjs-webgpu]
 //        [--inputs DIR] [--out DIR]
 //
 // Inputs: S³ crops of the sample t1_crop.nii.gz around the grid's centre. The page gets the crop
@@ -51,9 +51,9 @@ const RUN_TIMEOUT_MS = 30 * 60_000;
 function parseArgs(argv) {
   const args = {
     model: 'tissue_gw_tfjs',
-    sizes: [64, 128],
-    gpuSizes: [64],
-    repeat: 2,
+    sizes: [64],
+    gpuSizes: [32],
+    repeat: 1,
     gpuRepeat: 1,
     impls: DEFAULT_IMPLS,
     inputs: null,

@@ -3,7 +3,7 @@
 # CPU: the implementation whose outputs our tests match), on the same input and model.
 #
 #   scripts/bench.sh [--model tissue_fast|subcortical|DKatlas|mindgrab] [--repeat N] [--input FILE]
-#                    [--browser [--browser-args "--sizes 64,128 --repeat 2 ..."]]
+#                    [--browser [--browser-args "--sizes 64 --gpu-sizes 32 --repeat 1 ..."]]
 #
 # --browser then runs the browser side by side, `node scripts/bench-browser.mjs` (insitu's page,
 # CPU and WebGPU, against TensorFlow.js's webgl, wasm and webgpu backends in one headless
