@@ -152,16 +152,24 @@ fn write_bench_inputs() {
     let sizes: Vec<usize> = std::env::var("INSITU_BENCH_SIZES")
         .unwrap_or_else(|_| "64".into())
         .split(',')
-        .map(|s| s.trim().parse().expect("INSITU_BENCH_SIZES: comma-separated sizes"))
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("INSITU_BENCH_SIZES: comma-separated sizes")
+        })
         .collect();
     let model_id = std::env::var("INSITU_BENCH_MODEL").unwrap_or_else(|_| "tissue_gw_tfjs".into());
     let registry = Registry::builtin();
     let model = registry.get(&model_id).expect("model in registry");
     std::fs::create_dir_all(&dir).unwrap();
-    let whole = insitu::volume::read(&std::fs::read(common::data("t1_crop.nii.gz")).unwrap()).unwrap();
+    let whole =
+        insitu::volume::read(&std::fs::read(common::data("t1_crop.nii.gz")).unwrap()).unwrap();
     for size in sizes {
         let dims = whole.geometry.dims;
-        assert!((1..=dims[0].min(dims[1]).min(dims[2])).contains(&size), "size {size}");
+        assert!(
+            (1..=dims[0].min(dims[1]).min(dims[2])).contains(&size),
+            "size {size}"
+        );
         let start = dims.map(|d| (d - size) / 2);
         let crop = insitu::volume::crop(&whole, start, [size; 3]).unwrap();
         let path = dir.join(format!("t1_{size}.nii.gz"));
@@ -175,9 +183,15 @@ fn write_bench_inputs() {
         for r in 0..3 {
             for c in 0..3 {
                 let want = if r == c { 1.0 } else { 0.0 };
-                assert!((m[r][c] - want).abs() < 1e-9, "t1_{size}: conformed -> native is not a shift: {m:?}");
+                assert!(
+                    (m[r][c] - want).abs() < 1e-9,
+                    "t1_{size}: conformed -> native is not a shift: {m:?}"
+                );
             }
-            assert!((m[r][3] - m[r][3].round()).abs() < 1e-9, "t1_{size}: not a whole-voxel shift: {m:?}");
+            assert!(
+                (m[r][3] - m[r][3].round()).abs() < 1e-9,
+                "t1_{size}: not a whole-voxel shift: {m:?}"
+            );
             shift[r] = m[r][3].round() as i64;
         }
         // native (i, j, k) = conformed (i, j, k) + shift
@@ -187,7 +201,11 @@ fn write_bench_inputs() {
         for k in 0..size {
             for j in 0..size {
                 for i in 0..size {
-                    let c = [i as i64 - shift[0], j as i64 - shift[1], k as i64 - shift[2]];
+                    let c = [
+                        i as i64 - shift[0],
+                        j as i64 - shift[1],
+                        k as i64 - shift[2],
+                    ];
                     assert!((0..3).all(|a| (0..cd[a] as i64).contains(&c[a])));
                     let at = (c[2] as usize * cd[1] + c[1] as usize) * cd[0] + c[0] as usize;
                     zeros += (conformed.volume.data[at] == 0.0) as usize;
@@ -260,7 +278,11 @@ fn write_bench_inputs() {
             "crop_sha256": sha256_hex(&bytes),
             "grown_sha256": sha256_hex(&grown_bytes),
         });
-        std::fs::write(dir.join(format!("{stem}.json")), serde_json::to_string_pretty(&info).unwrap()).unwrap();
+        std::fs::write(
+            dir.join(format!("{stem}.json")),
+            serde_json::to_string_pretty(&info).unwrap(),
+        )
+        .unwrap();
         eprintln!("{}: {info}", dir.join(&stem).display());
     }
 }
