@@ -103,6 +103,10 @@ window.insitu = {
   get lastResult() {
     return state.result;
   },
+  /** The page's handle on its worker (tests restart it). */
+  get core() {
+    return core;
+  },
   /** Bytes of each file's start sent to list DICOM series (protocol.js HEAD_BYTES; tests lower it). */
   headBytes: HEAD_BYTES,
   /** What listing the last DICOM selection sent: {files, wholeFiles, sentBytes, totalBytes}. */

@@ -59,13 +59,18 @@ test('a DICOM folder with two series asks which one, opens it on the right grid,
   const { page, log } = await openApp();
   const { origin, requests } = sharedSession();
 
-  // The page reads the files after the input's change event: keep them until it is done.
+  // The page reads the files' heads to list the series, then the chosen series' files whole.
   await page.setInputFiles('[data-testid=folder-input]', folder);
   await page.waitForFunction(() => window.insitu.state.pendingSeries || window.insitu.state.error);
   assert.equal(await idle(page), null, `opening the folder failed${log()}`);
-  rmSync(exportDir, { recursive: true, force: true });
   assert.ok(await page.isVisible('[data-testid=series-chooser]'), 'the series chooser is shown');
   assert.equal(await page.evaluate(() => window.insitu.state.input), null, 'nothing is opened before a series is chosen');
+  // Listed from heads: these Siemens files' headers (99 KB, private CSA headers) run past the
+  // first 64 KiB, so they alone are sent whole; the CT slice (39 KB) and notes.txt are sent as heads.
+  const listing = await page.evaluate(() => window.insitu.listing);
+  console.log(`# listing sent ${listing.sentBytes} of ${listing.totalBytes} bytes`);
+  assert.equal(listing.files, 7);
+  assert.equal(listing.wholeFiles, 5, 'the five files whose header is longer than 64 KiB are sent whole');
   const options = await page.$$eval('[data-testid=series-select] option', (list) =>
     list.map((o) => ({ value: o.value, text: o.textContent })),
   );
@@ -78,6 +83,8 @@ test('a DICOM folder with two series asks which one, opens it on the right grid,
   await page.selectOption('[data-testid=series-select]', sagittal.value);
   await page.click('[data-testid=series-open]');
   assert.equal(await idle(page), null, `opening the series failed${log()}`);
+  // Only now are the chosen series' files read whole: keep the folder until then.
+  rmSync(exportDir, { recursive: true, force: true });
   const input = await page.evaluate(() => {
     const { name, series, info, skipped } = window.insitu.state.input;
     return { name, series, info, skipped };

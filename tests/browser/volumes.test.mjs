@@ -97,6 +97,19 @@ test('a 4-D NIfTI opens with a volume chooser; volume 1 is shown and kept; heade
   assert.match(await page.textContent('[data-testid=volume-info]'), /volume 1 of 3, from 0 \(volume 2 of 3, t = 2 s\)/);
   assert.equal(await page.inputValue('[data-testid=volume-select]'), '1');
 
+  // A fresh worker (after Cancel or a lost GPU) is sent the same volume again.
+  const sent = await page.evaluate(async () => {
+    const { core, state } = window.insitu;
+    await core.restart();
+    const calls = [];
+    const call = core.call.bind(core);
+    core.call = (op, args, onProgress) => (calls.push({ op, volume: args.volume }), call(op, args, onProgress));
+    await core.ensureOpen(state.input);
+    core.call = call;
+    return calls;
+  });
+  assert.deepEqual(sent, [{ op: 'open', volume: 1 }], 'the fresh worker opens volume 1');
+
   // Headers claiming 800³ float32 (1.9 GiB of voxels) and 2048³ (32 GiB, more voxels than
   // insitu reads at all) in 4 KiB files: refused before loading, with the size and the limit.
   const dir = mkdtempSync(join(tmpdir(), 'insitu-huge-'));
