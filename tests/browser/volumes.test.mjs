@@ -110,6 +110,18 @@ test('a 4-D NIfTI opens with a volume chooser; volume 1 is shown and kept; heade
   });
   assert.deepEqual(sent, [{ op: 'open', volume: 1 }], 'the fresh worker opens volume 1');
 
+  // A run belongs to the volume shown (tiny fixture: seconds on the CPU path).
+  await page.selectOption('[data-testid=model-select]', 'tissue_fast');
+  await page.selectOption('[data-testid=backend-select]', 'cpu');
+  await page.click('[data-testid=run]');
+  assert.equal(await idle(page), null, `segmenting volume 1 failed${log()}`);
+  const run = await page.evaluate(() => {
+    const { fileName, labels } = window.insitu.lastResult;
+    return { fileName, labels: [...labels] };
+  });
+  assert.equal(run.fileName, 'fmri_vol1_tissue_fast.nii.gz');
+  assert.deepEqual(readNifti(Uint8Array.from(run.labels), 'labels').dims.slice(0, 3), expected[1].shape);
+
   // Headers claiming 800³ float32 (1.9 GiB of voxels) and 2048³ (32 GiB, more voxels than
   // insitu reads at all) in 4 KiB files: refused before loading, with the size and the limit.
   const dir = mkdtempSync(join(tmpdir(), 'insitu-huge-'));
@@ -131,6 +143,7 @@ test('a 4-D NIfTI opens with a volume chooser; volume 1 is shown and kept; heade
   input = await openedInput(page);
   assert.equal(input.name, 'fmri.nii.gz', 'the 4-D volume stays the input');
   assert.equal(input.volume, 1, 'at the volume chosen');
+  assert.equal(await page.evaluate(() => window.insitu.state.runs.size), 1, 'and its run stays');
   assert.ok(await page.isEnabled('[data-testid=run]'), 'Run is still enabled');
   assert.match(await page.textContent('[data-testid=stage]'), /Kept fmri\.nii\.gz/);
   assertSameOrigin(requests, origin);
