@@ -2,7 +2,8 @@
 // is what the page shows and keeps (voxels as nibabel reads them, tests/fixtures/volumes4d);
 // a NIfTI header claiming a 2048³ float32 grid is refused before it is read, saying its size
 // and the page's limit, and the volume open before stays; a multi-volume DICOM series is
-// listed from the first bytes of its files only, then read whole and opened at volume 1.
+// listed from the first bytes of its files only, then read whole and opened at volume 1. A
+// reload brings back the chosen volume.
 //
 //   node --test tests/browser/volumes.test.mjs
 //
@@ -14,7 +15,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { assertSameOrigin, closeShared, failIfMissing, idle, missingBuild, openApp, readNifti, sharedSession } from './helpers.mjs';
+import { assertSameOrigin, closeShared, failIfMissing, idle, missingBuild, openApp, readNifti, sharedSession, started } from './helpers.mjs';
 
 after(closeShared);
 
@@ -146,6 +147,14 @@ test('a 4-D NIfTI opens with a volume chooser; volume 1 is shown and kept; heade
   assert.equal(await page.evaluate(() => window.insitu.state.runs.size), 1, 'and its run stays');
   assert.ok(await page.isEnabled('[data-testid=run]'), 'Run is still enabled');
   assert.match(await page.textContent('[data-testid=stage]'), /Kept fmri\.nii\.gz/);
+
+  // A reload brings back the same volume of the input (the session kept in this browser).
+  await page.reload();
+  await started(page, log);
+  input = await openedInput(page);
+  assert.equal(input.name, 'fmri.nii.gz');
+  assert.equal(input.volume, 1, 'the reloaded page opens volume 1 again');
+  assert.equal(await page.inputValue('[data-testid=volume-select]'), '1');
   assertSameOrigin(requests, origin);
   await page.close();
 });
