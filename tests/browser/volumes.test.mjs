@@ -1,7 +1,7 @@
 // Browser tests of 4-D and big inputs: a 4-D NIfTI opens with a volume chooser and volume 1
 // is what the page shows and keeps (voxels as nibabel reads them, tests/fixtures/volumes4d);
-// a NIfTI header claiming a 2048³ float32 grid is refused before it is read, saying its size
-// and the page's limit, and the volume open before stays; a multi-volume DICOM series is
+// NIfTI headers claiming 800³ and 2048³ float32 grids are refused before they are read, saying
+// their size and the page's limit, and the volume open before stays; a multi-volume DICOM series is
 // listed from the first bytes of its files only, then read whole and opened at volume 1. A
 // reload brings back the chosen volume.
 //
