@@ -62,9 +62,15 @@ export default (env, argv) => ({
     rules: [{ test: /\.wasm$/, type: 'asset/resource', generator: { filename: '[name][ext]' } }],
   },
   resolve: {
-    alias: havePkg
-      ? {}
-      : { [pkgJs]: resolve(root, 'www/missing-pkg.js'), [resolve(root, 'pkg/insitu_bg.wasm')]: false },
+    alias: {
+      // NiiVue's zarr reader (zarrita) loads these codecs on demand; insitu hands the viewer
+      // NIfTI only, so they would be 0.35 MB (brotli) of emscripten the service worker caches
+      // for nothing.
+      'numcodecs/blosc': false,
+      'numcodecs/lz4': false,
+      'numcodecs/zstd': false,
+      ...(havePkg ? {} : { [pkgJs]: resolve(root, 'www/missing-pkg.js'), [resolve(root, 'pkg/insitu_bg.wasm')]: false }),
+    },
   },
   plugins: [
     new CopyPlugin({

@@ -55,6 +55,23 @@ if (!existsSync(join(root, 'index.html'))) {
   process.exit(1);
 }
 
+/** The copy of `file` scripts/precompress.mjs wrote in an encoding the browser accepts, if any:
+ *  {file, size, encoding}. Never for .gz files themselves (a .nii.gz stays opaque bytes). */
+async function precompressed(file, acceptEncoding) {
+  if (file.endsWith('.gz') || file.endsWith('.br')) return null;
+  const accepted = acceptEncoding.split(',').map((part) => part.split(';')[0].trim());
+  for (const [encoding, suffix] of [['br', '.br'], ['gzip', '.gz']]) {
+    if (!accepted.includes(encoding)) continue;
+    try {
+      const info = await stat(file + suffix);
+      if (info.isFile()) return { file: file + suffix, size: info.size, encoding };
+    } catch {
+      // no such copy: try the next encoding
+    }
+  }
+  return null;
+}
+
 function send(res, status, text) {
   res.writeHead(status, { ...SECURITY_HEADERS, 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' });
   res.end(`${status} ${text}\n`);
@@ -78,14 +95,28 @@ const server = createServer(async (req, res) => {
     return send(res, 404, 'Not Found');
   }
   if (!info.isFile()) return send(res, 404, 'Not Found'); // no directory listing
-  res.writeHead(200, {
+  const encoded = await precompressed(file, req.headers['accept-encoding'] ?? '');
+  // Revalidation (no-cache) answers 304 for what the browser holds: the service worker's first
+  // fill of its cache then costs no second download of what the page just loaded.
+  const etag = `"${info.size.toString(16)}-${Math.trunc(info.mtimeMs).toString(16)}${encoded ? `-${encoded.encoding}` : ''}"`;
+  const headers = {
     ...SECURITY_HEADERS,
     'Content-Type': MIME[extname(file).toLowerCase()] ?? 'application/octet-stream',
-    'Content-Length': info.size,
     'Cache-Control': 'no-cache',
+    ETag: etag,
+    Vary: 'Accept-Encoding',
+  };
+  if (req.headers['if-none-match'] === etag) {
+    res.writeHead(304, headers);
+    return res.end();
+  }
+  res.writeHead(200, {
+    ...headers,
+    'Content-Length': encoded?.size ?? info.size,
+    ...(encoded && { 'Content-Encoding': encoded.encoding }),
   });
   if (req.method === 'HEAD') return res.end();
-  createReadStream(file)
+  createReadStream(encoded?.file ?? file)
     .on('error', () => res.destroy())
     .pipe(res);
 });

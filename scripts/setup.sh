@@ -54,8 +54,9 @@ if ! $app_only; then
 fi
 
 log "wasm build"
-cargo build --release --lib --target wasm32-unknown-unknown
-wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/release/insitu.wasm
+# wasm-release (Cargo.toml): dependencies optimized for size, insitu's kernels for speed.
+cargo build --profile wasm-release --lib --target wasm32-unknown-unknown
+wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/wasm-release/insitu.wasm
 # Debian's binaryen is too old for wasm-bindgen's output; npm's is pinned in package.json.
 npx --no-install wasm-opt -O2 --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
   --enable-mutable-globals --enable-reference-types --enable-simd pkg/insitu_bg.wasm -o pkg/insitu_bg.wasm
