@@ -422,6 +422,9 @@ fn segment_warns_when_the_input_does_not_fit_the_model_and_goes_on() {
         "{stderr}"
     );
     assert!(stderr.contains("more than the 350 mm"), "{stderr}");
-    assert!(stderr.contains("auto: "), "auto says what it chose: {stderr}");
+    assert!(
+        stderr.contains("auto: "),
+        "auto says what it chose: {stderr}"
+    );
     assert!(output.exists(), "the labels were written anyway");
 }

@@ -27,7 +27,9 @@ fn read(path: PathBuf) -> Vec<u8> {
 /// The files of a registry model, from the mirror, by their registry names.
 /// Registry model `id` through the registry's loader (files checked, format from the entry).
 fn registry_network(id: &str) -> Result<Network, ModelError> {
-    Registry::builtin().get(id)?.load_network(&registry_files(id))
+    Registry::builtin()
+        .get(id)?
+        .load_network(&registry_files(id))
 }
 
 fn registry_files(id: &str) -> ModelFiles {
@@ -271,8 +273,7 @@ fn every_registry_model_matches_the_reference() {
         if m.is_promptable() {
             continue; // not a MeshNet (tests/litemedsam*.rs)
         }
-        let net = registry_network(&m.id)
-            .unwrap_or_else(|e| panic!("{}: {e}", m.id));
+        let net = registry_network(&m.id).unwrap_or_else(|e| panic!("{}: {e}", m.id));
         let exp = &expected[&m.id];
         assert!(
             !exp.is_null(),
@@ -355,10 +356,16 @@ fn meshnet_model_bin_equals_model_pth() {
         "model21_104class",
         "model30chan50cls",
     ] {
-        let from_pth =
-            models::load_network(ModelFormat::MeshnetJson, &folder_files(folder, &["model.json", "model.pth"])).unwrap();
-        let from_bin =
-            models::load_network(ModelFormat::MeshnetJson, &folder_files(folder, &["model.json", "model.bin"])).unwrap();
+        let from_pth = models::load_network(
+            ModelFormat::MeshnetJson,
+            &folder_files(folder, &["model.json", "model.pth"]),
+        )
+        .unwrap();
+        let from_bin = models::load_network(
+            ModelFormat::MeshnetJson,
+            &folder_files(folder, &["model.json", "model.bin"]),
+        )
+        .unwrap();
         assert!(
             from_pth == from_bin,
             "{folder}: model.bin and model.pth disagree"
@@ -370,8 +377,11 @@ fn meshnet_model_bin_equals_model_pth() {
 /// weights after the kernel transpose, so both formats agree on the axis order.
 #[test]
 fn cli_subcortical_equals_tfjs_model30chan18cls() {
-    let cli =
-        models::load_network(ModelFormat::MeshnetJson, &folder_files("subcortical", &["model.json", "model.pth"])).unwrap();
+    let cli = models::load_network(
+        ModelFormat::MeshnetJson,
+        &folder_files("subcortical", &["model.json", "model.pth"]),
+    )
+    .unwrap();
     let tfjs = registry_network("subcortical").unwrap();
     assert!(
         cli == tfjs,
@@ -1197,7 +1207,11 @@ fn fit_warnings(model: &str, file: &str) -> Vec<String> {
 #[test]
 fn a_head_t1_fits_the_brain_models_and_a_ct_does_not() {
     for model in ["tissue_fast", "DKatlas", "mindgrab", "litemedsam"] {
-        assert_eq!(fit_warnings(model, "t1_crop.nii.gz"), Vec::<String>::new(), "{model}");
+        assert_eq!(
+            fit_warnings(model, "t1_crop.nii.gz"),
+            Vec::<String>::new(),
+            "{model}"
+        );
     }
     // TotalSegmentator's abdominal CT: Hounsfield units, 366 x 303 x 90 mm (122 x 101 x 30 at 3 mm).
     let ct = "totalsegmentator/example_ct_sm.nii.gz";
@@ -1207,17 +1221,31 @@ fn a_head_t1_fits_the_brain_models_and_a_ct_does_not() {
     assert!(warnings[1].contains("366 x 303 x 90 mm") && warnings[1].contains("350 mm"));
     // mindgrab takes any modality of a head; LiteMedSAM any CT or MR of any region.
     let mindgrab = fit_warnings("mindgrab", ct);
-    assert!(mindgrab.len() == 1 && mindgrab[0].contains("366 x 303"), "{mindgrab:#?}");
+    assert!(
+        mindgrab.len() == 1 && mindgrab[0].contains("366 x 303"),
+        "{mindgrab:#?}"
+    );
     assert_eq!(fit_warnings("litemedsam", ct), Vec::<String>::new());
 }
 
 #[test]
 fn a_single_slice_does_not_fit_a_3d_model() {
-    let whole = insitu::volume::read(&std::fs::read(common::data("t1_crop.nii.gz")).unwrap()).unwrap();
+    let whole =
+        insitu::volume::read(&std::fs::read(common::data("t1_crop.nii.gz")).unwrap()).unwrap();
     let slice = insitu::volume::crop(&whole, [0, 0, 128], [256, 256, 1]).unwrap();
-    let warnings = models::fit::warnings(Registry::builtin().get("tissue_fast").unwrap(), &slice, "slice.nii");
+    let warnings = models::fit::warnings(
+        Registry::builtin().get("tissue_fast").unwrap(),
+        &slice,
+        "slice.nii",
+    );
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
-    assert!(warnings[0].contains("only 1 voxel(s) along axis 2") && warnings[0].contains("at least 16"));
-    let sam = models::fit::warnings(Registry::builtin().get("litemedsam").unwrap(), &slice, "slice.nii");
+    assert!(
+        warnings[0].contains("only 1 voxel(s) along axis 2") && warnings[0].contains("at least 16")
+    );
+    let sam = models::fit::warnings(
+        Registry::builtin().get("litemedsam").unwrap(),
+        &slice,
+        "slice.nii",
+    );
     assert_eq!(sam, Vec::<String>::new(), "LiteMedSAM works slice by slice");
 }

@@ -688,7 +688,14 @@ fn segment(
     let (volume, format) = read_input_as(input, series, volume)?;
     warn_fit(entry, &volume, input);
     let (model, prepared) = prepare_model(entry, device, budget)?;
-    let run = run_model(&model, &prepared, budget, &volume, &input.display().to_string(), crop)?;
+    let run = run_model(
+        &model,
+        &prepared,
+        budget,
+        &volume,
+        &input.display().to_string(),
+        crop,
+    )?;
     let result = &run.segmentation;
     eprintln!(
         "\r{} on {}: conform {:.0} ms, inference {:.0} ms, native {:.0} ms, total {:.0} ms",
@@ -913,7 +920,14 @@ fn eval_cohort(
         })?;
         let volume = read_input(image)?;
         warn_fit(entry, &volume, image);
-        let run = run_model(&model, &prepared, budget, &volume, &image.display().to_string(), crop)?;
+        let run = run_model(
+            &model,
+            &prepared,
+            budget,
+            &volume,
+            &image.display().to_string(),
+            crop,
+        )?;
         let result = &run.segmentation;
         let mut report =
             metrics::evaluate(&result.native, &read_labels(&reference)?, mapping, options)

@@ -3,7 +3,7 @@
 // helpers, and the same-origin check. Each test file calls `after(closeShared)`.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -82,6 +82,21 @@ export function firstDifference(a, b) {
     }
   }
   return { count, first };
+}
+
+/** The selected run's labels, downloaded with the page's Download button as a user would. */
+export async function downloadedLabels(page) {
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('[data-testid=download]')]);
+  return readNifti(readFileSync(await download.path()), 'downloaded segmentation');
+}
+
+/** Fails, saying how many and where, unless `got` has `want`'s grid and voxel bytes. */
+export function assertSameLabels(got, want, what = 'the CLI output') {
+  assert.deepEqual(got.dims, want.dims, `dims differ from ${what}`);
+  if (!got.voxels.equals(want.voxels)) {
+    const { count, first } = firstDifference(got.voxels, want.voxels);
+    assert.fail(`${count} of ${want.voxels.length} voxel bytes differ from ${what} (first at byte ${first})`);
+  }
 }
 
 /** Drops files ([{name, bytes}]) on the page's drop zone, as a user dragging them would. */
