@@ -14,10 +14,7 @@ use std::time::Instant;
 
 #[test]
 fn gpu_labels_equal_cpu_labels_also_when_split_into_slabs() {
-    // 32³ of the sample's head: lavapipe took 392 s for the 48³ crop (two GPU passes in slabs).
-    let whole =
-        insitu::volume::read(&std::fs::read(common::data("t1_crop.nii.gz")).unwrap()).unwrap();
-    let volume = insitu::volume::crop(&whole, [108, 108, 108], [32, 32, 32]).unwrap();
+    let volume = common::small_crop();
     let gpu = pollster::block_on(start_gpu()).unwrap_or_else(|e| {
         panic!("{e}\nThis test needs a wgpu adapter; on Debian `apt-get install mesa-vulkan-drivers` gives lavapipe.")
     });
@@ -44,7 +41,7 @@ fn gpu_labels_equal_cpu_labels_also_when_split_into_slabs() {
         };
         let clock = Instant::now();
         let result =
-            common::segment_volume("tissue_fast", &prepared, &volume, "32³ crop", &options);
+            common::segment_volume("tissue_fast", &prepared, &volume, "48³ crop", &options);
         (result, clock.elapsed().as_secs_f64())
     };
 
