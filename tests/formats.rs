@@ -10,8 +10,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use insitu::volume::{
-    self, detect_format, dicom, metaimage, mgh, nifti, nrrd, read, read_files, read_named,
-    write_labels_like, FilesContent, Format, LabelMap, Volume, VolumeError,
+    self, detect_format, dicom, metaimage, mgh, nifti, nrrd, open_files, read, read_named,
+    write_labels_like, Format, LabelMap, Opened, OpenedVolume, Volume, VolumeError,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -196,12 +196,13 @@ fn nrrd_detached_header_with_its_data_file() {
         nrrd::data_file_name(&files[0].1).unwrap().as_deref(),
         Some("detached.raw")
     );
-    match read_files(&files, None).unwrap() {
-        FilesContent::Volume {
+    match open_files(&files, None, None).unwrap() {
+        Opened::Volume(OpenedVolume {
             volume,
             format,
             skipped,
-        } => {
+            ..
+        }) => {
             assert_eq!(format, Format::Nrrd);
             check("detached.nhdr", &volume, entry(&all, "detached.nhdr"), 1e-9);
             assert_eq!(skipped.len(), 1);
@@ -209,12 +210,13 @@ fn nrrd_detached_header_with_its_data_file() {
         other => panic!("{other:?}"),
     }
     // Without its data file: an error naming the missing file.
-    let err = read_files(
+    let err = open_files(
         &files[..1]
             .iter()
             .cloned()
             .chain([files[2].clone()])
             .collect::<Vec<_>>(),
+        None,
         None,
     )
     .unwrap_err();
@@ -246,8 +248,8 @@ fn metaimage_fixtures_match_simpleitk() {
             fixture("oblique_uint8.raw"),
         ),
     ];
-    match read_files(&files, None).unwrap() {
-        FilesContent::Volume { volume, format, .. } => {
+    match open_files(&files, None, None).unwrap() {
+        Opened::Volume(OpenedVolume { volume, format, .. }) => {
             assert_eq!(format, Format::MetaImage);
             check(
                 "oblique_uint8.mhd",
@@ -272,12 +274,13 @@ fn dicom_sagittal_series_matches_dcm2niix_and_pydicom() {
     let all = expected();
     let files = shared_folder("dicom/siemens_prisma_sagittal_gre_series2/dicom");
     assert_eq!(files.len(), 5);
-    let v = match read_files(&files, None).unwrap() {
-        FilesContent::Volume {
+    let v = match open_files(&files, None, None).unwrap() {
+        Opened::Volume(OpenedVolume {
             volume,
             format,
             skipped,
-        } => {
+            ..
+        }) => {
             assert_eq!(format, Format::Dicom);
             assert!(skipped.is_empty());
             volume
@@ -328,8 +331,8 @@ fn dicom_sagittal_series_matches_dcm2niix_and_pydicom() {
     // Order of the files does not matter; the slices are sorted by position.
     let mut reversed = files.clone();
     reversed.reverse();
-    match read_files(&reversed, None).unwrap() {
-        FilesContent::Volume { volume, .. } => {
+    match open_files(&reversed, None, None).unwrap() {
+        Opened::Volume(OpenedVolume { volume, .. }) => {
             assert_eq!(volume.data, v.data);
             assert_eq!(volume.geometry, v.geometry);
         }
@@ -347,8 +350,8 @@ fn dicom_jpeg2000_ct_series_matches_pydicom() {
     assert_eq!(list.series.len(), 1);
     assert_eq!(list.series[0].dims, [512, 512, 20]);
     assert_eq!(list.series[0].description, "CT Body 3.0");
-    let v = match read_files(&files, None).unwrap() {
-        FilesContent::Volume { volume, .. } => volume,
+    let v = match open_files(&files, None, None).unwrap() {
+        Opened::Volume(OpenedVolume { volume, .. }) => volume,
         other => panic!("{other:?}"),
     };
     check("example_ct_dicom", &v, exp, 1e-4);
@@ -389,8 +392,8 @@ fn dicom_mixed_series_are_listed_separately() {
     ));
     files.push(("series.json".into(), b"{\"a\": 1}".to_vec()));
     files.push(("DICOMDIR".into(), vec![0u8; 10]));
-    let list = match read_files(&files, None).unwrap() {
-        FilesContent::Series(list) => list,
+    let list = match open_files(&files, None, None).unwrap() {
+        Opened::Series(list) => list,
         other => panic!("two series read as one volume: {other:?}"),
     };
     assert_eq!(list.series.len(), 2, "{list:?}");
@@ -415,12 +418,13 @@ fn dicom_mixed_series_are_listed_separately() {
     assert_eq!(ct_v.geometry.dims, [128, 128, 1]);
     assert!(dicom::read_series(&files, "1.2.3").is_err());
     // Choosing a series reads it; the page and the CLI go through this.
-    match read_files(&files, Some(&ct.uid)).unwrap() {
-        FilesContent::Volume {
+    match open_files(&files, Some(&ct.uid), None).unwrap() {
+        Opened::Volume(OpenedVolume {
             volume,
             format,
             skipped,
-        } => {
+            ..
+        }) => {
             assert_eq!(format, Format::Dicom);
             assert_eq!(volume.data, ct_v.data);
             // Everything but the CT file is reported unused: the other series' five slices too.
@@ -433,7 +437,9 @@ fn dicom_mixed_series_are_listed_separately() {
         }
         other => panic!("{other:?}"),
     }
-    let err = read_files(&files, Some("1.2.3")).unwrap_err().to_string();
+    let err = open_files(&files, Some("1.2.3"), None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("\"1.2.3\"") && err.contains(&sag.uid), "{err}");
 }
 
@@ -444,7 +450,7 @@ fn dicom_file_in_the_wrong_series_is_an_error_naming_it() {
         "intruder.dcm".into(),
         fixture("CT_small_in_sagittal_series.dcm"),
     ));
-    let err = read_files(&files, None).unwrap_err();
+    let err = open_files(&files, None, None).unwrap_err();
     let m = err.to_string();
     assert!(
         m.contains("intruder.dcm") && m.contains("not one series"),
@@ -457,7 +463,7 @@ fn dicom_two_slices_at_one_position_is_an_error() {
     let mut files = shared_folder("dicom/siemens_prisma_sagittal_gre_series2/dicom");
     let copy = files[0].1.clone();
     files.push(("copy_of_1.dcm".into(), copy));
-    let m = read_files(&files, None).unwrap_err().to_string();
+    let m = open_files(&files, None, None).unwrap_err().to_string();
     assert!(m.contains("same position"), "{m}");
 }
 
@@ -692,7 +698,7 @@ fn empty_files_are_refused_by_every_reader() {
             other => panic!("{what}: {other:?}"),
         }
     }
-    assert!(read_files(&[], None).is_err());
+    assert!(open_files(&[], None, None).is_err());
 }
 
 #[test]
@@ -910,11 +916,12 @@ fn regression_inputs_do_not_panic() {
         let _ = metaimage::read_mha(&bytes);
         let _ = dicom::read_dicom(&bytes);
         let _ = nifti::read_nifti(&bytes);
-        let _ = read_files(
+        let _ = open_files(
             &[
                 ("a.dcm".to_string(), bytes.clone()),
                 ("b.dcm".to_string(), bytes.clone()),
             ],
+            None,
             None,
         );
         n += 1;

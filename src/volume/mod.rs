@@ -160,21 +160,6 @@ pub fn read_with_format(name: Option<&str>, bytes: &[u8]) -> Result<(Volume, For
     Ok((volume, format))
 }
 
-/// What a multi-file selection (a dropped folder, several files) holds ([`read_files`]; see
-/// [`Opened`] for the volume list of a 4-D input).
-#[derive(Clone, Debug)]
-pub enum FilesContent {
-    /// One volume.
-    Volume {
-        volume: Volume,
-        format: Format,
-        /// Files that were not used (name, why), e.g. non-DICOM files in a DICOM folder.
-        skipped: Vec<(String, String)>,
-    },
-    /// Several DICOM series: let the user choose one, then call [`dicom::read_series`].
-    Series(dicom::SeriesList),
-}
-
 /// One 3-D volume of an input that holds several: a 4-D NIfTI (fMRI, DWI) or MGH, or a DICOM
 /// series with several volumes at the same slice positions (time points, echoes, b-values).
 /// What DICOM says about each is kept where the files give it.
@@ -429,22 +414,6 @@ pub fn open_files(
         volumes,
         chosen: k,
     }))
-}
-
-/// Reads a selection of files as [`open_files`] does, taking the first volume of an input that
-/// holds several (see [`open_files`] to choose another and to get the list).
-pub fn read_files(
-    files: &[(String, Vec<u8>)],
-    series: Option<&str>,
-) -> Result<FilesContent, VolumeError> {
-    Ok(match open_files(files, series, None)? {
-        Opened::Volume(o) => FilesContent::Volume {
-            volume: o.volume,
-            format: o.format,
-            skipped: o.skipped,
-        },
-        Opened::Series(list) => FilesContent::Series(list),
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
