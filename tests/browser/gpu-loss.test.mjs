@@ -9,19 +9,15 @@
 // for segment.test.mjs.
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import {
   assertSameOrigin,
+  cliTestCase,
   closeShared,
-  failIfMissing,
   assertSameLabels,
   downloadedLabels,
   idle,
-  missingBuild,
-  missingFiles,
   openApp,
-  readNifti,
   sharedSession,
 } from './helpers.mjs';
 
@@ -29,13 +25,9 @@ after(closeShared);
 
 const MODEL = 'tissue_fast';
 const RUN_TIMEOUT_MS = 20 * 60_000;
-const HOW_TO_RUN = '\nRun `scripts/test.sh`, which prepares these files, or see its browser-test lines.';
 
 test('a GPU lost mid-run: the run is repeated on the CPU, says so, and gives the CLI labels', { timeout: 2 * RUN_TIMEOUT_MS }, async () => {
-  failIfMissing([...missingFiles(['INSITU_TEST_VOLUME', 'INSITU_TEST_EXPECTED']), ...missingBuild()], HOW_TO_RUN);
-  const volume = process.env.INSITU_TEST_VOLUME;
-  const want = readNifti(readFileSync(process.env.INSITU_TEST_EXPECTED), process.env.INSITU_TEST_EXPECTED);
-  assert.ok(new Set(want.voxels).size > 1, 'the expected labels are not all one value');
+  const { volume, want } = cliTestCase();
   const { page, log } = await openApp();
   const { origin, requests } = sharedSession();
 

@@ -84,6 +84,19 @@ export function firstDifference(a, b) {
   return { count, first };
 }
 
+/**
+ * INSITU_TEST_VOLUME and the CLI's tissue_fast labels of it (INSITU_TEST_EXPECTED), as
+ * scripts/test.sh prepares them; fails, saying what is missing, when either is not there or
+ * the labels are all one value (a comparison with them would prove nothing).
+ */
+export function cliTestCase() {
+  const howToRun = '\nRun `scripts/test.sh`, which prepares these files, or see its browser-test lines.';
+  failIfMissing([...missingFiles(['INSITU_TEST_VOLUME', 'INSITU_TEST_EXPECTED']), ...missingBuild()], howToRun);
+  const want = readNifti(readFileSync(process.env.INSITU_TEST_EXPECTED), process.env.INSITU_TEST_EXPECTED);
+  assert.ok(new Set(want.voxels).size > 1, 'the expected labels are not all one value');
+  return { volume: process.env.INSITU_TEST_VOLUME, want };
+}
+
 /** The selected run's labels, downloaded with the page's Download button as a user would. */
 export async function downloadedLabels(page) {
   const [download] = await Promise.all([page.waitForEvent('download'), page.click('[data-testid=download]')]);
