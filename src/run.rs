@@ -1,10 +1,13 @@
-//! The one run path of the CLI and the page: a dense model, checked and loaded once, prepared
-//! on the device [`crate::device::choose`] picked, run on a volume by [`crate::pipeline`];
-//! when the GPU fails mid-run the run is retried on the CPU and the result says so.
+//! The one run path of the CLI and the page: a model of either family ([`Model`]), checked
+//! and loaded once. A dense model is prepared on the device [`crate::device::choose`] picked
+//! and run on a volume by [`crate::pipeline`]; when the GPU fails mid-run the run is retried
+//! on the CPU and the result says so. A promptable model is built on its device by
+//! [`PromptModel::on_device`] and run by [`crate::litemedsam::pipeline`].
 
 use crate::device::DeviceChoice;
 use crate::engine::{EngineError, PreparedNetwork};
-use crate::models::{ModelEntry, ModelError, ModelFiles, Network, Registry};
+use crate::litemedsam::LiteMedSam;
+use crate::models::{ModelEntry, ModelError, ModelFiles, ModelFormat, Network, Registry};
 use crate::pipeline::{self, PipelineError, SegmentOptions, Segmentation, Stage};
 use crate::volume::Volume;
 
@@ -24,6 +27,58 @@ impl DenseModel {
         };
         let network = entry.load_network(files).map_err(in_model)?;
         Ok(DenseModel { entry, network })
+    }
+}
+
+/// A promptable model (LiteMedSAM): its weights file, checked against the registry, built
+/// on a device when a run needs it there.
+pub struct PromptModel {
+    pub entry: &'static ModelEntry,
+    pth: Vec<u8>,
+}
+
+impl PromptModel {
+    /// The whole model on `device`.
+    pub fn on_device(&self, device: &DeviceChoice) -> Result<LiteMedSam, ModelError> {
+        LiteMedSam::from_pth(&self.pth, &device.burn_device()).map_err(|e| match e {
+            ModelError::BadFormat(m) => {
+                ModelError::BadFormat(format!("model {}: {m}", self.entry.id))
+            }
+            other => other,
+        })
+    }
+}
+
+/// A model of any family, its files checked against the registry.
+pub enum Model {
+    /// Labels every voxel (MeshNet): [`segment`].
+    Dense(DenseModel),
+    /// Segments what a box points at: [`crate::litemedsam::pipeline::segment`].
+    Promptable(PromptModel),
+}
+
+impl Model {
+    /// Checks `files` against the registry entry `id` and loads the family its `format` says.
+    pub fn load(id: &str, mut files: ModelFiles) -> Result<Model, ModelError> {
+        let entry = Registry::builtin().get(id)?;
+        match entry.format {
+            ModelFormat::LiteMedSamPth => {
+                entry.check_files(&files)?;
+                let main = entry.format.main_file();
+                let pth = files.remove(main).ok_or_else(|| {
+                    ModelError::MissingFile(format!("{main} (model {})", entry.id))
+                })?;
+                Ok(Model::Promptable(PromptModel { entry, pth }))
+            }
+            _ => DenseModel::load(id, &files).map(Model::Dense),
+        }
+    }
+
+    pub fn entry(&self) -> &'static ModelEntry {
+        match self {
+            Model::Dense(m) => m.entry,
+            Model::Promptable(m) => m.entry,
+        }
     }
 }
 

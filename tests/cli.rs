@@ -347,7 +347,7 @@ fn prompt_refuses_bad_boxes_clearly() {
 /// output is on the input's grid and its labels equal the library pipeline's.
 #[test]
 fn prompt_writes_the_pipelines_labels_on_the_input_grid() {
-    use insitu::litemedsam::pipeline::{self, Prompt, PromptOptions};
+    use insitu::litemedsam::pipeline::{self, Prompt, PromptCache, PromptOptions};
     let ct = common::data("totalsegmentator/example_ct_sm.nii.gz");
     let output = scratch("kidney.nii.gz");
     let out = insitu(&[
@@ -389,6 +389,7 @@ fn prompt_writes_the_pipelines_labels_on_the_input_grid() {
         &input,
         &[prompt],
         &PromptOptions::default(),
+        &mut PromptCache::default(),
         &|| 0.0,
         &mut |_| {},
     ))
@@ -398,6 +399,133 @@ fn prompt_writes_the_pipelines_labels_on_the_input_grid() {
     let voxels = labels.iter().filter(|&&l| l == 7).count();
     assert!(voxels > 100, "{voxels} voxels of label 7");
     assert!(labels.iter().all(|&l| l == 0 || l == 7));
+}
+
+/// `insitu prompt --boxes-from`: reference labels holding only the liver (label 5) on slice 15
+/// of the TotalSegmentator CT give the fixture's box there (make_expected.py's ct_liver_k15
+/// is the bounding box of that label on that slice), so the output's label 5 matches
+/// PyTorch's mask; `insitu eval` then compares output and reference label for label.
+#[test]
+fn prompt_boxes_from_reference_labels_match_pytorch_and_evaluate() {
+    use common::litemedsam::{dice, expected, gunzip, unpack_bits};
+    use insitu::volume::{nifti, LabelMap};
+    let ct = common::data("totalsegmentator/example_ct_sm.nii.gz");
+    let seg = insitu::volume::read(
+        &std::fs::read(common::data("totalsegmentator/example_seg.nii.gz")).unwrap(),
+    )
+    .unwrap();
+    let [w, h, _] = seg.geometry.dims;
+    let k = 15;
+    let labels: Vec<u16> = seg
+        .data
+        .iter()
+        .enumerate()
+        .map(|(n, &v)| {
+            if n / (w * h) == k && v as u16 == 5 {
+                5
+            } else {
+                0
+            }
+        })
+        .collect();
+    let reference = scratch("liver_k15.nii.gz");
+    let map = LabelMap {
+        geometry: seg.geometry.clone(),
+        labels,
+    };
+    std::fs::write(&reference, nifti::write_labels(&map, true)).unwrap();
+    let output = scratch("liver_from_reference.nii.gz");
+    let out = insitu(&[
+        "prompt",
+        ct.to_str().unwrap(),
+        "--boxes-from",
+        reference.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stderr}");
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 prompt(s) from") && stderr.contains("2-D box per slice"),
+        "{stderr}"
+    );
+
+    let expected = expected();
+    let case = expected["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "ct_liver_k15")
+        .expect("fixture case ct_liver_k15");
+    let written = insitu::volume::read(&std::fs::read(&output).unwrap()).unwrap();
+    assert_eq!(written.geometry.dims, seg.geometry.dims);
+    let mask: Vec<u8> = written.data[k * w * h..(k + 1) * w * h]
+        .iter()
+        .map(|&v| u8::from(v as u16 == 5))
+        .collect();
+    let torch = unpack_bits(&gunzip(case["mask_bits"].as_str().unwrap()), w * h);
+    let d = dice(&mask, &torch);
+    assert!(d >= 0.995, "Dice {d} against PyTorch's ct_liver_k15 mask");
+    assert!(
+        written.data.iter().all(|&v| v == 0.0 || v == 5.0),
+        "only the reference's label, with its own value"
+    );
+
+    let eval = insitu(&[
+        "eval",
+        "--pred",
+        output.to_str().unwrap(),
+        "--ref",
+        reference.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&eval.stdout).expect("eval --json");
+    let text = report.to_string();
+    assert!(text.contains("\"dice\""), "{text}");
+    // the same Dice as computed here against the reference's own slice
+    let ours = dice(
+        &mask,
+        &map.labels[k * w * h..(k + 1) * w * h]
+            .iter()
+            .map(|&l| u8::from(l == 5))
+            .collect::<Vec<u8>>(),
+    );
+    println!("Dice against the reference labels: {ours:.4}; eval: {text}");
+    assert!(
+        ours > 0.8,
+        "LiteMedSAM's liver against the reference: Dice {ours}"
+    );
+
+    // a reference on another grid is refused with both grids named
+    let small = scratch("small_ref.nii.gz");
+    let tiny = LabelMap {
+        geometry: insitu::volume::Geometry {
+            dims: [2, 2, 2],
+            ..seg.geometry.clone()
+        },
+        labels: vec![1; 8],
+    };
+    std::fs::write(&small, nifti::write_labels(&tiny, true)).unwrap();
+    let out = insitu(&[
+        "prompt",
+        ct.to_str().unwrap(),
+        "--boxes-from",
+        small.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("2 x 2 x 2") && stderr.contains("input's own grid"),
+        "{stderr}"
+    );
 }
 
 /// An abdominal CT given to a T1-brain model: the CLI says why it does not fit, and runs anyway.

@@ -11,14 +11,14 @@
 
 mod common;
 
-use common::litemedsam::{expected, gunzip, unpack_bits};
+use common::litemedsam::{dice, expected, gunzip, unpack_bits};
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::tensor::Device;
 use insitu::litemedsam::pipeline::{
-    self, BoxSource, Modality, Prompt, PromptOptions, PromptSegmentation,
+    self, BoxSource, Modality, Prompt, PromptCache, PromptOptions, PromptSegmentation,
 };
 use insitu::litemedsam::LiteMedSam;
 use insitu::volume::{self, Volume};
@@ -47,19 +47,17 @@ fn usizes(v: &Value) -> Vec<usize> {
     v.as_array().unwrap().iter().map(usize_of).collect()
 }
 
-fn dice(a: &[u8], b: &[u8]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let both = a.iter().zip(b).filter(|(x, y)| **x > 0 && **y > 0).count();
-    let total = a.iter().filter(|v| **v > 0).count() + b.iter().filter(|v| **v > 0).count();
-    if total == 0 {
-        1.0
-    } else {
-        2.0 * both as f64 / total as f64
-    }
+/// The pipeline on `volume` with the modality guessed and a new cache, with a clock.
+fn run(model: &LiteMedSam, volume: &Volume, prompts: &[Prompt]) -> (PromptSegmentation, f64) {
+    run_with(model, volume, prompts, &mut PromptCache::default())
 }
 
-/// The pipeline on `volume` with the modality guessed, with a clock.
-fn run(model: &LiteMedSam, volume: &Volume, prompts: &[Prompt]) -> (PromptSegmentation, f64) {
+fn run_with(
+    model: &LiteMedSam,
+    volume: &Volume,
+    prompts: &[Prompt],
+    cache: &mut PromptCache,
+) -> (PromptSegmentation, f64) {
     let clock = Instant::now();
     let now = || clock.elapsed().as_secs_f64() * 1000.0;
     let result = pollster::block_on(pipeline::segment(
@@ -67,25 +65,29 @@ fn run(model: &LiteMedSam, volume: &Volume, prompts: &[Prompt]) -> (PromptSegmen
         volume,
         prompts,
         &PromptOptions::default(),
+        cache,
         &now,
         &mut |p| {
             let s = p.slice;
             println!(
-                "  prompt {}/{} slice {} ({}/{}): encoder {}, decoder {:.0} ms, {} px",
+                "  prompt {}/{} slice {} ({}/{}): encoder {}, decoder {}, {} px",
                 s.prompt + 1,
                 p.prompts,
                 s.k,
                 p.done,
                 p.total,
-                s.encoder_ms
-                    .map_or("cached".to_string(), |ms| format!("{ms:.0} ms")),
-                s.decoder_ms,
+                ms(s.encoder_ms),
+                ms(s.decoder_ms),
                 s.mask_pixels
             );
         },
     ))
     .expect("pipeline runs");
     (result, clock.elapsed().as_secs_f64())
+}
+
+fn ms(t: Option<f64>) -> String {
+    t.map_or("cached".to_string(), |ms| format!("{ms:.0} ms"))
 }
 
 fn modality_of(case: &Value) -> Modality {
@@ -194,6 +196,81 @@ fn every_2d_case_matches_pytorch() {
         "all 2-D cases: worst Dice {worst:.5}, {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// A cache kept between calls (as the page keeps one): a second call with one box more on
+/// the same slice neither encodes the slice again nor decodes the first box again, and both
+/// masks still match PyTorch's (the first one bit for bit what the first call gave).
+#[test]
+fn a_kept_cache_encodes_a_slice_once_across_calls() {
+    let expected = expected();
+    let cases: Vec<&Value> = expected["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "2d")
+        .collect();
+    // two boxes on one slice of one volume
+    let (first, second) = cases
+        .iter()
+        .enumerate()
+        .find_map(|(n, a)| {
+            cases[n + 1..]
+                .iter()
+                .find(|b| b["volume"] == a["volume"] && b["slice_k"] == a["slice_k"])
+                .map(|b| (*a, *b))
+        })
+        .expect("two fixture boxes on one slice");
+    let prompt = |case: &Value, label| {
+        let b = usizes(&case["box"]);
+        Prompt::Box2d {
+            ij: [b[0], b[1], b[2], b[3]],
+            k: usize_of(&case["slice_k"]),
+            label,
+        }
+    };
+    let model = model();
+    let volume = read_volume(first["volume"].as_str().unwrap());
+    let mut cache = PromptCache::default();
+    let (one, _) = run_with(&model, &volume, &[prompt(first, 1)], &mut cache);
+    assert_eq!((one.stats.encoded_slices, one.stats.decoded_boxes), (1, 1));
+    let (two, _) = run_with(
+        &model,
+        &volume,
+        &[prompt(first, 1), prompt(second, 2)],
+        &mut cache,
+    );
+    assert_eq!(
+        (two.stats.encoded_slices, two.stats.decoded_boxes),
+        (0, 1),
+        "the slice's embedding and the first box's mask come from the cache"
+    );
+    assert_eq!(two.stats.slices[0].decoder_ms, None);
+    assert_eq!(two.stats.slices[1].encoder_ms, None);
+    assert!(two.stats.slices[1].decoder_ms.is_some());
+    let [width, height, _] = volume.geometry.dims;
+    let k = usize_of(&first["slice_k"]);
+    let plane = |labels: &[u16], label: u16| -> Vec<u8> {
+        labels[k * width * height..(k + 1) * width * height]
+            .iter()
+            .map(|&l| u8::from(l == label))
+            .collect()
+    };
+    for (case, label) in [(first, 1), (second, 2)] {
+        let reference = unpack_bits(&gunzip(case["mask_bits"].as_str().unwrap()), height * width);
+        let d = dice(&plane(&two.labels.labels, label), &reference);
+        println!("{}: Dice {d:.5} against PyTorch", case["name"]);
+        assert!(d >= 0.995, "{}: Dice {d}", case["name"]);
+    }
+    // where the second box's mask does not cover it, the first is what the first call gave
+    let covered: Vec<u8> = plane(&two.labels.labels, 2);
+    let first_alone = plane(&one.labels.labels, 1);
+    let first_again = plane(&two.labels.labels, 1);
+    for ((a, b), c) in first_alone.iter().zip(&first_again).zip(&covered) {
+        if *c == 0 {
+            assert_eq!(a, b);
+        }
+    }
 }
 
 /// A 3-D case of expected.json through the pipeline's propagation: the same slices in the

@@ -66,38 +66,7 @@ enum Command {
     /// Segment what boxes point at with a promptable model (LiteMedSAM) and write the label
     /// map (NIfTI) on the input's grid.
     #[command(after_long_help = PROMPT_HELP)]
-    Prompt {
-        /// Promptable model id (see `insitu models`).
-        #[arg(long, short, default_value = "litemedsam")]
-        model: String,
-        /// Input volume (NIfTI, NRRD, MGH/MGZ, MetaImage, a DICOM file or directory).
-        input: PathBuf,
-        /// A 2-D box `I0,J0,I1,J1@K` on slice K (inclusive voxel indices). Repeatable.
-        #[arg(long = "box", value_name = "I0,J0,I1,J1@K", value_parser = parse_box2d)]
-        boxes: Vec<[usize; 5]>,
-        /// A 3-D box `I0,J0,K0,I1,J1,K1` (K0 < K1), propagated from its middle slice as the
-        /// reference does; its end slices K0 and K1 stay empty. Repeatable.
-        #[arg(long = "box3d", value_name = "I0,J0,K0,I1,J1,K1", value_parser = parse_box3d)]
-        boxes3d: Vec<[usize; 6]>,
-        /// The label of each prompt, in command-line order (default 1, 2, 3, ...).
-        #[arg(long = "label", value_name = "N")]
-        labels: Vec<u16>,
-        /// How the intensities are read (default: guessed, CT when the minimum is below -500).
-        #[arg(long, value_enum)]
-        modality: Option<ModalityArg>,
-        /// CT window `LEVEL,WIDTH` in Hounsfield units.
-        #[arg(long, value_name = "LEVEL,WIDTH", value_parser = parse_window, default_value = "40,400")]
-        ct_window: (f64, f64),
-        /// Output label map (.nii.gz or .nii).
-        #[arg(long, short)]
-        output: PathBuf,
-        /// Compute device.
-        #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-        device: DeviceArg,
-        /// DICOM directory with several series: the SeriesInstanceUID to segment.
-        #[arg(long)]
-        series: Option<String>,
-    },
+    Prompt(PromptArgs),
     /// Print a volume's geometry (NIfTI, NRRD, MGH/MGZ, MetaImage, a DICOM file or directory).
     Info {
         input: PathBuf,
@@ -198,6 +167,61 @@ enum ModalityArg {
     Mr,
 }
 
+/// `insitu prompt`'s arguments.
+#[derive(clap::Args)]
+struct PromptArgs {
+    /// Promptable model id (see `insitu models`).
+    #[arg(long, short, default_value = "litemedsam")]
+    model: String,
+    /// Input volume (NIfTI, NRRD, MGH/MGZ, MetaImage, a DICOM file or directory).
+    input: PathBuf,
+    /// A 2-D box `I0,J0,I1,J1@K` on slice K (inclusive voxel indices). Repeatable.
+    #[arg(long = "box", value_name = "I0,J0,I1,J1@K", value_parser = parse_box2d)]
+    boxes: Vec<[usize; 5]>,
+    /// A 3-D box `I0,J0,K0,I1,J1,K1` (K0 < K1), propagated from its middle slice as the
+    /// reference does; its end slices K0 and K1 stay empty. Repeatable.
+    #[arg(long = "box3d", value_name = "I0,J0,K0,I1,J1,K1", value_parser = parse_box3d)]
+    boxes3d: Vec<[usize; 6]>,
+    /// The label of each prompt, in command-line order (default 1, 2, 3, ...).
+    #[arg(long = "label", value_name = "N")]
+    labels: Vec<u16>,
+    /// Reference labels on the input's grid: prompt every label with its bounding box(es),
+    /// labelled with its own value (see --protocol), instead of --box/--box3d, so that the
+    /// output can be compared with the reference by `insitu eval` directly.
+    #[arg(long, value_name = "LABELS", conflicts_with_all = ["boxes", "boxes3d", "labels"])]
+    boxes_from: Option<PathBuf>,
+    /// With --boxes-from: a 2-D box on every slice each label is on (`per-slice`), or each
+    /// label's 3-D box, propagated (`3d`).
+    #[arg(long, value_enum, default_value_t = ProtocolArg::PerSlice, requires = "boxes_from")]
+    protocol: ProtocolArg,
+    /// How the intensities are read (default: guessed, CT when the minimum is below -500).
+    #[arg(long, value_enum)]
+    modality: Option<ModalityArg>,
+    /// CT window `LEVEL,WIDTH` in Hounsfield units.
+    #[arg(long, value_name = "LEVEL,WIDTH", value_parser = parse_window, default_value = "40,400")]
+    ct_window: (f64, f64),
+    /// Output label map (.nii.gz or .nii).
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+    /// DICOM directory with several series: the SeriesInstanceUID to segment.
+    #[arg(long)]
+    series: Option<String>,
+    /// Of an input holding several 3-D volumes (4-D NIfTI, fMRI/DWI/multi-echo DICOM):
+    /// the one to use, from 0 (default 0; `insitu info` lists them).
+    #[arg(long, value_name = "N")]
+    volume: Option<usize>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProtocolArg {
+    PerSlice,
+    #[value(name = "3d")]
+    Box3d,
+}
+
 const PROMPT_HELP: &str = "\
 Conventions (those of the LiteMedSAM reference, CVPR24_LiteMedSAM_infer.py, which reads the
 file's voxel array without reorientation):
@@ -215,7 +239,11 @@ file's voxel array without reorientation):
     guessed: CT when the minimum intensity is below -500 (Hounsfield units), else MR. The
     output says which was used and whether it was guessed;
   - each slice is encoded once per run, however many boxes use it; times are printed per slice
-    (encoder, decoder).
+    (encoder, decoder);
+  - --boxes-from LABELS prompts with reference labels instead (the CVPR 2024 MedSAM-on-laptop
+    protocol): each label's bounding box on every slice it is on (--protocol per-slice), or
+    its 3-D bounding box (--protocol 3d), labelled with its own value, so that
+    `insitu eval --pred OUT --ref LABELS` compares them label for label.
 The label map is written on the input's own grid (same dimensions and affine).
 
 Example: insitu prompt ct.nii.gz --box 45,26,104,84@15 --box3d 23,27,0,44,49,22 --label 5 \
@@ -298,30 +326,7 @@ fn run(cli: Cli) -> Result<()> {
             (series.as_deref(), volume),
             budget,
         ),
-        Command::Prompt {
-            model,
-            input,
-            boxes,
-            boxes3d,
-            labels,
-            modality,
-            ct_window,
-            output,
-            device,
-            series,
-        } => prompt(
-            &model,
-            &input,
-            &boxes,
-            &boxes3d,
-            &labels,
-            modality,
-            ct_window,
-            &output,
-            device,
-            series.as_deref(),
-            budget,
-        ),
+        Command::Prompt(args) => prompt(&args, budget),
         Command::Info {
             input,
             json,
@@ -1152,33 +1157,53 @@ fn prompt_order(n2d: usize, n3d: usize) -> Vec<(bool, usize)> {
     order.into_iter().map(|(_, d3, n)| (d3, n)).collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-fn prompt(
-    model: &str,
-    input: &Path,
-    boxes: &[[usize; 5]],
-    boxes3d: &[[usize; 6]],
-    labels: &[u16],
-    modality: Option<ModalityArg>,
-    (level, width): (f64, f64),
-    output: &Path,
-    device: DeviceArg,
-    series: Option<&str>,
-    budget: usize,
-) -> Result<()> {
-    use insitu::litemedsam::pipeline::{self as sam, CtWindow, Modality, Prompt, PromptOptions};
-    let entry = Registry::builtin().get(model)?;
-    if !entry.is_promptable() {
-        bail!(
-            "{} is a dense model (it labels every voxel): use insitu segment --model {}",
-            entry.id,
-            entry.id
+/// The prompts of `insitu prompt`: from --boxes-from, or --box/--box3d in command-line order.
+fn prompts_of(
+    args: &PromptArgs,
+    input: &volume::Geometry,
+) -> Result<Vec<insitu::litemedsam::pipeline::Prompt>> {
+    use insitu::litemedsam::pipeline::{self as sam, BoxProtocol, Prompt};
+    if let Some(path) = &args.boxes_from {
+        let reference = read_labels(path)?;
+        let (got, want) = (reference.geometry.dims, input.dims);
+        if got != want {
+            bail!(
+                "{}: reference labels on a {} x {} x {} grid, the input {} is {} x {} x {}: \
+                 give labels on the input's own grid",
+                path.display(),
+                got[0],
+                got[1],
+                got[2],
+                args.input.display(),
+                want[0],
+                want[1],
+                want[2]
+            );
+        }
+        let protocol = match args.protocol {
+            ProtocolArg::PerSlice => BoxProtocol::PerSlice,
+            ProtocolArg::Box3d => BoxProtocol::Box3d,
+        };
+        let prompts = sam::boxes_from_reference(&reference, protocol);
+        if prompts.is_empty() {
+            bail!(
+                "{}: no labels above 0, so no boxes to prompt with",
+                path.display()
+            );
+        }
+        eprintln!(
+            "{} prompt(s) from {} ({})",
+            prompts.len(),
+            path.display(),
+            protocol.name()
         );
+        return Ok(prompts);
     }
-    let order = prompt_order(boxes.len(), boxes3d.len());
+    let order = prompt_order(args.boxes.len(), args.boxes3d.len());
     if order.is_empty() {
-        bail!("no prompts: give at least one --box I0,J0,I1,J1@K or --box3d I0,J0,K0,I1,J1,K1");
+        bail!("no prompts: give at least one --box I0,J0,I1,J1@K or --box3d I0,J0,K0,I1,J1,K1, or --boxes-from LABELS");
     }
+    let labels = &args.labels;
     if !labels.is_empty() && labels.len() != order.len() {
         bail!(
             "{} --label value(s) for {} prompt(s): give one per prompt, in command-line order, or none (1, 2, 3, ...)",
@@ -1192,18 +1217,18 @@ fn prompt(
             n + 1
         );
     }
-    let prompts: Vec<Prompt> = order
+    Ok(order
         .iter()
         .enumerate()
         .map(|(n, &(is_3d, i))| {
             let label = labels.get(n).copied().unwrap_or(n as u16 + 1);
             if is_3d {
                 Prompt::Box3d {
-                    ijk: boxes3d[i],
+                    ijk: args.boxes3d[i],
                     label,
                 }
             } else {
-                let b = boxes[i];
+                let b = args.boxes[i];
                 Prompt::Box2d {
                     ij: [b[0], b[1], b[2], b[3]],
                     k: b[4],
@@ -1211,23 +1236,38 @@ fn prompt(
                 }
             }
         })
-        .collect();
-    let (volume, _) = read_input_as(input, series, None)?;
+        .collect())
+}
+
+fn prompt(args: &PromptArgs, budget: usize) -> Result<()> {
+    use insitu::litemedsam::pipeline::{
+        self as sam, CtWindow, Modality, PromptCache, PromptOptions,
+    };
+    let entry = Registry::builtin().get(&args.model)?;
+    if !entry.is_promptable() {
+        bail!(
+            "{} is a dense model (it labels every voxel): use insitu segment --model {}",
+            entry.id,
+            entry.id
+        );
+    }
+    let input = &args.input;
+    let (volume, _) = read_input_as(input, args.series.as_deref(), args.volume)?;
+    let prompts = prompts_of(args, &volume.geometry)?;
     warn_fit(entry, &volume, input);
     let name = input.display().to_string();
     sam::check_prompts(volume.geometry.dims, &prompts).map_err(|e| anyhow!("{name}: {e}"))?;
 
-    let file = entry
-        .file("lite_medsam.pth")
-        .ok_or_else(|| anyhow!("model {} has no lite_medsam.pth", entry.id))?;
-    let bytes = assets::fetch(assets::RemoteFile::model(file))?;
-    let device = choose_device(device, budget)?;
+    let run::Model::Promptable(model) = run::Model::load(&entry.id, model_files(entry)?)? else {
+        bail!("model {} is not promptable", entry.id);
+    };
+    let device = choose_device(args.device, budget)?;
     let device_name = device.describe();
     let clock = Instant::now();
-    let sam_model = insitu::litemedsam::LiteMedSam::from_pth(&bytes, &device.burn_device())
-        .with_context(|| format!("model {}", entry.id))?;
+    let sam_model = model.on_device(&device)?;
+    let (level, width) = args.ct_window;
     // said before the slices run: the pipeline's own guess, made here first
-    let modality = match modality {
+    let modality = match args.modality {
         Some(ModalityArg::Ct) => {
             eprintln!("modality CT (given), window level {level} / width {width}");
             Modality::Ct
@@ -1255,19 +1295,19 @@ fn prompt(
         ct_window: CtWindow { level, width },
     };
     let now = || clock.elapsed().as_secs_f64() * 1000.0;
+    let ms = |t: Option<f64>| t.map_or_else(|| "cached".to_string(), |ms| format!("{ms:.0} ms"));
     let mut progress = |p: sam::Progress| {
         let s = p.slice;
         eprintln!(
-            "prompt {}/{} (label {}) slice {} ({}/{}): encoder {}, decoder {:.0} ms, {} px",
+            "prompt {}/{} (label {}) slice {} ({}/{}): encoder {}, decoder {}, {} px",
             s.prompt + 1,
             p.prompts,
             prompts[s.prompt].label(),
             s.k,
             p.done,
             p.total,
-            s.encoder_ms
-                .map_or_else(|| "cached".to_string(), |ms| format!("{ms:.0} ms")),
-            s.decoder_ms,
+            ms(s.encoder_ms),
+            ms(s.decoder_ms),
             s.mask_pixels
         );
     };
@@ -1276,6 +1316,7 @@ fn prompt(
         &volume,
         &prompts,
         &options,
+        &mut PromptCache::default(),
         &now,
         &mut progress,
     ))
@@ -1291,5 +1332,5 @@ fn prompt(
         stats.decoded_boxes,
         now()
     );
-    write_labels(&result.labels, output)
+    write_labels(&result.labels, &args.output)
 }

@@ -14,13 +14,17 @@
 //!   **the later prompt wins** (the reference's `segs[mask > 0] = idx`).
 //!
 //! The intensities become uint8 over the whole volume first ([`preprocess::volume_to_u8`]: a
-//! CT window, or the MR percentiles), as `pre_CT_MR.py` does. Within one call every slice is
-//! encoded at most once: several boxes on one slice, or a 3-D box crossing a slice another
-//! prompt used, reuse the cached image embedding (1 MiB per slice, dropped when the call
-//! returns). The core prints nothing: progress comes through a callback per decoded slice.
+//! CT window, or the MR percentiles), as `pre_CT_MR.py` does. A [`PromptCache`], which the
+//! caller keeps for one volume and one model on one device, holds that uint8 volume, the image
+//! embeddings (4 MiB per slice) and the decoded masks: a slice is encoded once however many
+//! boxes it gets in one call or the next, and a box already decoded on a slice is not decoded
+//! again, so re-running a prompt list with one box more costs one decoder call. The results
+//! are the same as without a cache (the model is deterministic). The core prints nothing:
+//! progress comes through a callback per decoded slice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 
 use burn::tensor::{Tensor, TensorData};
 
@@ -64,6 +68,81 @@ impl Prompt {
     pub fn label(&self) -> u16 {
         match *self {
             Prompt::Box2d { label, .. } | Prompt::Box3d { label, .. } => label,
+        }
+    }
+}
+
+/// How prompts are made from reference labels, as the CVPR 2024 MedSAM-on-laptop challenge
+/// prompts its test cases: the bounding box of each label, with that label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BoxProtocol {
+    /// A 2-D box on every slice the label is on: each slice is encoded.
+    PerSlice,
+    /// The label's 3-D bounding box, propagated as the reference does ([`Prompt::Box3d`]: its
+    /// end slices stay empty); a label on one slice only gets a 2-D box there.
+    Box3d,
+}
+
+impl BoxProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            BoxProtocol::PerSlice => "2-D box per slice from the reference",
+            BoxProtocol::Box3d => "3-D box from the reference",
+        }
+    }
+}
+
+/// The prompts `protocol` makes from `reference` (labels on the input's grid): for every
+/// label above 0, in increasing order, its bounding box(es) labelled with its own value, so
+/// that the result can be evaluated against `reference` without a mapping.
+pub fn boxes_from_reference(reference: &LabelMap, protocol: BoxProtocol) -> Vec<Prompt> {
+    let [ni, nj, _] = reference.geometry.dims;
+    // (label, k) -> [i0, j0, i1, j1]
+    let mut per_slice: std::collections::BTreeMap<(u16, usize), [usize; 4]> = Default::default();
+    for (n, &label) in reference.labels.iter().enumerate() {
+        if label == 0 {
+            continue;
+        }
+        let (i, j, k) = (n % ni, (n / ni) % nj, n / (ni * nj));
+        per_slice
+            .entry((label, k))
+            .and_modify(|b| *b = [b[0].min(i), b[1].min(j), b[2].max(i), b[3].max(j)])
+            .or_insert([i, j, i, j]);
+    }
+    let box2d = |(label, k): (u16, usize), ij: [usize; 4]| Prompt::Box2d { ij, k, label };
+    match protocol {
+        BoxProtocol::PerSlice => per_slice
+            .into_iter()
+            .map(|(key, ij)| box2d(key, ij))
+            .collect(),
+        BoxProtocol::Box3d => {
+            // label -> [i0, j0, k0, i1, j1, k1]
+            let mut whole: std::collections::BTreeMap<u16, [usize; 6]> = Default::default();
+            for (&(label, k), b) in &per_slice {
+                whole
+                    .entry(label)
+                    .and_modify(|w| {
+                        *w = [
+                            w[0].min(b[0]),
+                            w[1].min(b[1]),
+                            w[2].min(k),
+                            w[3].max(b[2]),
+                            w[4].max(b[3]),
+                            w[5].max(k),
+                        ]
+                    })
+                    .or_insert([b[0], b[1], k, b[2], b[3], k]);
+            }
+            whole
+                .into_iter()
+                .map(|(label, w)| {
+                    if w[2] == w[5] {
+                        box2d((label, w[2]), [w[0], w[1], w[3], w[4]])
+                    } else {
+                        Prompt::Box3d { ijk: w, label }
+                    }
+                })
+                .collect()
         }
     }
 }
@@ -117,8 +196,9 @@ pub struct SliceReport {
     pub k: usize,
     /// Encoder time in ms; None when the slice's embedding was cached.
     pub encoder_ms: Option<f64>,
-    /// Prompt encoder + mask decoder + post-processing, in ms.
-    pub decoder_ms: f64,
+    /// Prompt encoder + mask decoder + post-processing, in ms; None when the cache held this
+    /// box's mask on this slice.
+    pub decoder_ms: Option<f64>,
     /// The box the decoder saw, `[x0, y0, x1, y1]` in the 256 frame.
     pub box_256: BoxXyxy,
     pub box_from: BoxSource,
@@ -135,12 +215,23 @@ pub struct PromptStats {
     pub encoder_ms: f64,
     /// Sum over decoded boxes.
     pub decoder_ms: f64,
-    /// Slices encoded (each at most once per call).
+    /// Slices encoded (each at most once while the cache holds it).
     pub encoded_slices: usize,
-    /// Boxes decoded (one per prompt and slice).
+    /// Boxes decoded (one per prompt and slice, less those whose mask the cache held).
     pub decoded_boxes: usize,
     /// In the order they ran.
     pub slices: Vec<SliceReport>,
+}
+
+/// Floating-point operations of one encoder pass (one slice) and of one prompt encoder +
+/// mask decoder call, in GFLOP: PyTorch's `FlopCounterMode` on the reference model
+/// (scripts/bench_litemedsam.py prints them; a multiply-add counts as two).
+pub const ENCODER_GFLOP: f64 = 75.0;
+pub const DECODER_GFLOP: f64 = 3.6;
+
+/// The GFLOP a call computed: its encoder passes and decoder calls.
+pub fn call_gflops(stats: &PromptStats) -> f64 {
+    stats.encoded_slices as f64 * ENCODER_GFLOP + stats.decoded_boxes as f64 * DECODER_GFLOP
 }
 
 /// What [`segment`] returns.
@@ -283,13 +374,15 @@ pub fn check_prompts(dims: [usize; 3], prompts: &[Prompt]) -> Result<(), PromptE
 }
 
 /// Runs `prompts` on `volume` with `model` (any device) and overlays their masks into one
-/// label map on the volume's grid. `now` is a clock in ms (the core has none of its own on
-/// the web); `progress` hears of every decoded slice.
+/// label map on the volume's grid. `cache` must have been used with this volume and model
+/// only (or be new); `now` is a clock in ms (the core has none of its own on the web);
+/// `progress` hears of every decoded slice.
 pub async fn segment(
     model: &LiteMedSam,
     volume: &Volume,
     prompts: &[Prompt],
     options: &PromptOptions,
+    cache: &mut PromptCache,
     now: &dyn Fn() -> f64,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<PromptSegmentation, PromptError> {
@@ -314,7 +407,7 @@ pub async fn segment(
     };
     let mut stats = PromptStats::default();
     let started = now();
-    let volume_u8 = volume_to_u8(&volume.data, intensity);
+    let volume_u8 = cache.volume_u8(volume, intensity);
     stats.intensity_ms = now() - started;
 
     // A slice is `height` rows (j) of `width` columns (i).
@@ -322,9 +415,9 @@ pub async fn segment(
     let mut labels = vec![0u16; volume.data.len()];
     let mut session = Session {
         model,
+        cache,
         volume_u8: &volume_u8,
         dims,
-        embeddings: HashMap::new(),
         now,
     };
     for (n, prompt) in prompts.iter().enumerate() {
@@ -399,19 +492,99 @@ fn overlay(labels: &mut [u16], dims: [usize; 3], k: usize, mask: &[u8], label: u
     }
 }
 
-/// One call's model, uint8 volume and embedding cache.
+/// What a caller keeps between [`segment`] calls on one volume with one model on one device.
+pub struct PromptCache {
+    /// The volume as uint8, and the intensity setting it was made with.
+    volume_u8: Option<(Intensity, Arc<[u8]>)>,
+    /// Slice k -> (embedding, resized height, resized width), at most `max_embeddings`.
+    embeddings: HashMap<usize, (Tensor<4>, usize, usize)>,
+    /// Slices in the order they were encoded: the oldest is dropped first.
+    encoded: VecDeque<usize>,
+    max_embeddings: usize,
+    /// (slice, box in the 256 frame) -> mask, at most `max_mask_bytes` in all.
+    masks: HashMap<(usize, BoxXyxy), Vec<u8>>,
+    mask_bytes: usize,
+    max_mask_bytes: usize,
+}
+
+/// Embeddings a cache keeps by default: 64 slices, 256 MiB.
+pub const DEFAULT_MAX_EMBEDDINGS: usize = 64;
+
+/// Decoded masks a cache keeps by default, in bytes.
+pub const DEFAULT_MAX_MASK_BYTES: usize = 128 << 20;
+
+impl Default for PromptCache {
+    fn default() -> Self {
+        PromptCache::new(DEFAULT_MAX_EMBEDDINGS, DEFAULT_MAX_MASK_BYTES)
+    }
+}
+
+impl PromptCache {
+    pub fn new(max_embeddings: usize, max_mask_bytes: usize) -> PromptCache {
+        PromptCache {
+            volume_u8: None,
+            embeddings: HashMap::new(),
+            encoded: VecDeque::new(),
+            max_embeddings: max_embeddings.max(1),
+            masks: HashMap::new(),
+            mask_bytes: 0,
+            max_mask_bytes,
+        }
+    }
+
+    /// Slices whose embedding the cache holds.
+    pub fn embedded_slices(&self) -> usize {
+        self.embeddings.len()
+    }
+
+    /// The uint8 volume for `intensity`, made unless the cache has it; a new one drops every
+    /// embedding and mask made from the old.
+    fn volume_u8(&mut self, volume: &Volume, intensity: Intensity) -> Arc<[u8]> {
+        match &self.volume_u8 {
+            Some((had, volume_u8)) if *had == intensity => volume_u8.clone(),
+            _ => {
+                *self = PromptCache::new(self.max_embeddings, self.max_mask_bytes);
+                let volume_u8: Arc<[u8]> = volume_to_u8(&volume.data, intensity).into();
+                self.volume_u8 = Some((intensity, volume_u8.clone()));
+                volume_u8
+            }
+        }
+    }
+
+    fn keep_embedding(&mut self, k: usize, embedded: (Tensor<4>, usize, usize)) {
+        while self.encoded.len() >= self.max_embeddings {
+            if let Some(old) = self.encoded.pop_front() {
+                self.embeddings.remove(&old);
+            }
+        }
+        self.encoded.push_back(k);
+        self.embeddings.insert(k, embedded);
+    }
+
+    fn keep_mask(&mut self, key: (usize, BoxXyxy), mask: &[u8]) {
+        if self.mask_bytes + mask.len() > self.max_mask_bytes {
+            self.masks.clear();
+            self.mask_bytes = 0;
+        }
+        if mask.len() <= self.max_mask_bytes {
+            self.mask_bytes += mask.len();
+            self.masks.insert(key, mask.to_vec());
+        }
+    }
+}
+
+/// One call's model, clock and cache.
 struct Session<'a> {
     model: &'a LiteMedSam,
+    cache: &'a mut PromptCache,
     volume_u8: &'a [u8],
     dims: [usize; 3],
-    /// Slice k -> (embedding, resized height, resized width).
-    embeddings: HashMap<usize, (Tensor<4>, usize, usize)>,
     now: &'a dyn Fn() -> f64,
 }
 
 impl Session<'_> {
-    /// Slice `k`'s mask (0/1, rows j, columns i) for `box_256`, encoding the slice unless
-    /// this call already did.
+    /// Slice `k`'s mask (0/1, rows j, columns i) for `box_256`, from the cache or by decoding
+    /// (and encoding the slice unless the cache holds its embedding).
     async fn decode(
         &mut self,
         prompt: usize,
@@ -420,10 +593,22 @@ impl Session<'_> {
         box_from: BoxSource,
         stats: &mut PromptStats,
     ) -> Result<(Vec<u8>, SliceReport), PromptError> {
+        let report = |mask: &[u8], encoder_ms, decoder_ms| SliceReport {
+            prompt,
+            k,
+            encoder_ms,
+            decoder_ms,
+            box_256,
+            box_from,
+            mask_pixels: mask.iter().map(|&v| v as usize).sum(),
+        };
+        if let Some(mask) = self.cache.masks.get(&(k, box_256)) {
+            return Ok((mask.clone(), report(mask, None, None)));
+        }
         let device = self.model.decoder.device().clone();
         let (width, height) = (self.dims[0], self.dims[1]);
         let mut encoder_ms = None;
-        if !self.embeddings.contains_key(&k) {
+        if !self.cache.embeddings.contains_key(&k) {
             let started = (self.now)();
             let input = encoder_input(plane(self.volume_u8, self.dims, k), height, width);
             let image = Tensor::<4>::from_data(
@@ -439,10 +624,10 @@ impl Session<'_> {
             encoder_ms = Some(ms);
             stats.encoder_ms += ms;
             stats.encoded_slices += 1;
-            self.embeddings
-                .insert(k, (embedding, input.resized_height, input.resized_width));
+            self.cache
+                .keep_embedding(k, (embedding, input.resized_height, input.resized_width));
         }
-        let (embedding, resized_height, resized_width) = &self.embeddings[&k];
+        let (embedding, resized_height, resized_width) = &self.cache.embeddings[&k];
         let started = (self.now)();
         let (logits, _iou) = self
             .model
@@ -461,15 +646,8 @@ impl Session<'_> {
         let decoder_ms = (self.now)() - started;
         stats.decoder_ms += decoder_ms;
         stats.decoded_boxes += 1;
-        let report = SliceReport {
-            prompt,
-            k,
-            encoder_ms,
-            decoder_ms,
-            box_256,
-            box_from,
-            mask_pixels: mask.iter().map(|&v| v as usize).sum(),
-        };
+        self.cache.keep_mask((k, box_256), &mask);
+        let report = report(&mask, encoder_ms, Some(decoder_ms));
         Ok((mask, report))
     }
 }
@@ -535,11 +713,10 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn modality_is_guessed_from_hounsfield_units() {
-        use crate::volume::Geometry;
-        let geometry = Geometry {
-            dims: [2, 1, 1],
+    /// A grid of 1 mm voxels at the origin.
+    fn unit_grid(dims: [usize; 3]) -> crate::volume::Geometry {
+        crate::volume::Geometry {
+            dims,
             spacing: [1.0; 3],
             affine: [
                 [1.0, 0.0, 0.0, 0.0],
@@ -549,7 +726,60 @@ mod tests {
             ],
             sform_code: 1,
             qform_code: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn boxes_from_reference_are_each_labels_bounding_boxes() {
+        let geometry = unit_grid([4, 3, 3]);
+        let mut labels = vec![0u16; 36];
+        let at = |i: usize, j: usize, k: usize| i + 4 * (j + 3 * k);
+        labels[at(1, 0, 0)] = 2;
+        labels[at(3, 2, 0)] = 2;
+        labels[at(2, 1, 2)] = 2;
+        labels[at(0, 1, 1)] = 5;
+        let reference = LabelMap { geometry, labels };
+        assert_eq!(
+            boxes_from_reference(&reference, BoxProtocol::PerSlice),
+            vec![
+                Prompt::Box2d {
+                    ij: [1, 0, 3, 2],
+                    k: 0,
+                    label: 2
+                },
+                Prompt::Box2d {
+                    ij: [2, 1, 2, 1],
+                    k: 2,
+                    label: 2
+                },
+                Prompt::Box2d {
+                    ij: [0, 1, 0, 1],
+                    k: 1,
+                    label: 5
+                },
+            ]
+        );
+        assert_eq!(
+            boxes_from_reference(&reference, BoxProtocol::Box3d),
+            vec![
+                Prompt::Box3d {
+                    ijk: [1, 0, 0, 3, 2, 2],
+                    label: 2
+                },
+                Prompt::Box2d {
+                    ij: [0, 1, 0, 1],
+                    k: 1,
+                    label: 5
+                },
+            ]
+        );
+        let prompts = boxes_from_reference(&reference, BoxProtocol::Box3d);
+        assert_eq!(check_prompts([4, 3, 3], &prompts), Ok(()));
+    }
+
+    #[test]
+    fn modality_is_guessed_from_hounsfield_units() {
+        let geometry = unit_grid([2, 1, 1]);
         let ct = Volume {
             geometry: geometry.clone(),
             data: vec![-1024.0, 300.0],

@@ -182,15 +182,21 @@ impl ModelEntry {
         Ok(())
     }
 
-    /// Checks every file this entry lists (present, sha256) once, then builds its dense
-    /// network with the loader of its registry `format`.
-    pub fn load_network(&self, files: &super::ModelFiles) -> Result<super::Network, ModelError> {
+    /// Checks every file this entry lists: present in `files`, with the registry's sha256.
+    pub fn check_files(&self, files: &super::ModelFiles) -> Result<(), ModelError> {
         for file in &self.files {
             let bytes = files.get(&file.name).ok_or_else(|| {
                 ModelError::MissingFile(format!("{} (model {})", file.name, self.id))
             })?;
             self.verify(&file.name, bytes)?;
         }
+        Ok(())
+    }
+
+    /// Checks every file this entry lists once, then builds its dense network with the loader
+    /// of its registry `format`.
+    pub fn load_network(&self, files: &super::ModelFiles) -> Result<super::Network, ModelError> {
+        self.check_files(files)?;
         super::load_network(self.format, files)
     }
 }

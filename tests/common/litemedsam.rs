@@ -32,3 +32,15 @@ pub fn unpack_bits(packed: &[u8], len: usize) -> Vec<u8> {
         .map(|i| (packed[i / 8] >> (7 - i % 8)) & 1)
         .collect()
 }
+
+/// Dice of two 0/1 masks (1 when both are empty).
+pub fn dice(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let both = a.iter().zip(b).filter(|(x, y)| **x > 0 && **y > 0).count();
+    let total = a.iter().filter(|v| **v > 0).count() + b.iter().filter(|v| **v > 0).count();
+    if total == 0 {
+        1.0
+    } else {
+        2.0 * both as f64 / total as f64
+    }
+}
