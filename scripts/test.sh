@@ -19,6 +19,12 @@ target/debug/insitu segment --model tissue_fast --crop "$work/small.nii.gz" -o "
 # A reference on the same grid, and the CLI's metrics the page must reproduce.
 target/debug/insitu convert "$mirror/data/reference/t1_crop_tissue_fast.nii.gz" -o "$work/reference.nii.gz" --crop 100,100,100,48,48,48
 target/debug/insitu eval --pred "$work/expected.nii.gz" --ref "$work/reference.nii.gz" --json > "$work/eval.json"
-INSITU_TEST_VOLUME="$work/small.nii.gz" INSITU_TEST_EXPECTED="$work/expected.nii.gz" \
+# LiteMedSAM on the CPU: two boxes on one slice of the TotalSegmentator CT, then the second
+# propagated through slices 14..17, as the page's box panel draws them.
+ct="$mirror/data/totalsegmentator/example_ct_sm.nii.gz"
+target/debug/insitu prompt "$ct" --device cpu --box 45,26,104,84@15 --box 11,23,27,54@15 -o "$work/prompt2d.nii.gz"
+target/debug/insitu prompt "$ct" --device cpu --box 45,26,104,84@15 --box3d 11,23,14,27,54,17 -o "$work/prompt3d.nii.gz"
+INSITU_TEST_PROMPT_2D="$work/prompt2d.nii.gz" INSITU_TEST_PROMPT_3D="$work/prompt3d.nii.gz" \
+  INSITU_TEST_VOLUME="$work/small.nii.gz" INSITU_TEST_EXPECTED="$work/expected.nii.gz" \
   INSITU_TEST_REFERENCE="$work/reference.nii.gz" INSITU_TEST_EVAL_JSON="$work/eval.json" \
   INSITU_TEST_DATA="$mirror/data" node --test tests/browser/

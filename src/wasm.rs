@@ -5,17 +5,24 @@
 //! between JS values and core types; the run itself is [`crate::run`], as in the CLI.
 
 use crate::device::{self, DeviceChoice, DeviceRequest, Gpu};
+use crate::litemedsam::pipeline::{
+    self as sam, BoxProtocol, CtWindow, Modality, Prompt, PromptCache, PromptOptions,
+};
+use crate::litemedsam::preprocess::{propagation_order, volume_to_u8, Intensity};
+use crate::litemedsam::LiteMedSam;
 use crate::metrics::{self, EvalOptions, LabelMapping};
 use crate::models::{fit, ModelFiles, Registry};
 use crate::pipeline::{self, Stage};
-use crate::run::{self, DenseModel, DenseRun, Prepared};
+use crate::run::{self, DenseModel, DenseRun, Model, Prepared};
 use crate::volume::{
     self, dicom, human_bytes, nifti, Format, LabelMap, MemoryNeed, Opened as OpenedFiles, Volume,
 };
-use js_sys::{Function, Map, Object, Promise, Reflect, Uint8Array};
+use js_sys::{Function, Map, Object, Promise, Reflect, Uint16Array, Uint8Array};
+use serde::Deserialize;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen(start)]
@@ -310,9 +317,17 @@ pub struct Insitu {
 #[derive(Default)]
 struct Kept {
     volume: Option<Rc<Opened>>,
-    models: HashMap<String, Rc<DenseModel>>,
-    /// By model id and backend ("cpu", "webgpu").
+    /// Counts the volumes opened: a prompt run's cache is kept only for the volume it ran on.
+    volume_serial: u64,
+    models: HashMap<String, Rc<Model>>,
+    /// Dense models by model id and backend ("cpu", "webgpu").
     prepared: HashMap<(String, &'static str), Rc<Prepared>>,
+    /// Promptable models by model id and backend, each with its cache for the kept volume.
+    promptable: HashMap<(String, &'static str), Rc<PromptableOnDevice>>,
+    /// The labels of the last prompt run, for [`Insitu::slice_image`].
+    prompt_labels: Option<Rc<LabelMap>>,
+    /// The kept volume as uint8 for the slice view, and the setting it was made with.
+    view_u8: Option<(Intensity, Arc<[u8]>)>,
     /// Started once per worker (burn's runtime cannot be re-initialised), error included.
     gpu: Option<Result<Gpu, String>>,
 }
@@ -359,11 +374,18 @@ impl Insitu {
     ) -> Result<JsValue, JsError> {
         let (summary, opened) = read_selection(&files, series.as_deref(), volume, with_view)?;
         if let Some((volume, format)) = opened {
-            self.state.borrow_mut().volume = Some(Rc::new(Opened {
+            let mut kept = self.state.borrow_mut();
+            kept.volume = Some(Rc::new(Opened {
                 volume,
                 format,
                 name,
             }));
+            kept.volume_serial += 1;
+            kept.prompt_labels = None;
+            kept.view_u8 = None;
+            for on_device in kept.promptable.values() {
+                on_device.cache.borrow_mut().take();
+            }
         }
         Ok(summary)
     }
@@ -385,14 +407,109 @@ impl Insitu {
         self.state.borrow().models.contains_key(id)
     }
 
-    /// Checks model `id`'s files (`Map<name, Uint8Array>`) against the registry and loads it.
+    /// Checks model `id`'s files (`Map<name, Uint8Array>`) against the registry and loads it
+    /// (a dense model for [`segment`](Self::segment), a promptable one for
+    /// [`prompt`](Self::prompt)).
     pub fn add_model(&self, id: &str, files: Map) -> Result<(), JsError> {
         let files: ModelFiles = file_list(&files).into_iter().collect();
-        let model = DenseModel::load(id, &files).map_err(|e| JsError::new(&e.to_string()))?;
+        let model = Model::load(id, files).map_err(|e| JsError::new(&e.to_string()))?;
         let mut kept = self.state.borrow_mut();
         kept.prepared.retain(|(model_id, _), _| model_id != id);
+        kept.promptable.retain(|(model_id, _), _| model_id != id);
         kept.models.insert(id.to_string(), Rc::new(model));
         Ok(())
+    }
+
+    /// How a promptable model would read the kept volume's intensities unless told:
+    /// `{modality: "CT"|"MR", why}` (CT when the minimum is below -500).
+    pub fn guess_modality(&self) -> Result<JsValue, JsError> {
+        let kept = self.state.borrow();
+        let opened = kept
+            .volume
+            .as_ref()
+            .ok_or_else(|| JsError::new("no volume is open: open one first"))?;
+        let (modality, why) = sam::guess_modality(&opened.volume);
+        to_js(&serde_json::json!({"modality": modality.name(), "why": why}))
+    }
+
+    /// Slice `k` of the kept volume as a promptable model sees it before resizing (the
+    /// intensities of `modality` "CT"|"MR", or the guess when empty, with the CT window
+    /// `level`/`width`): `{width, height, image: Uint8Array (rows j, columns i), labels:
+    /// Uint16Array | null (the last prompt run's labels on this slice)}`.
+    pub fn slice_image(
+        &self,
+        k: u32,
+        modality: Option<String>,
+        level: f64,
+        width: f64,
+    ) -> Result<JsValue, JsError> {
+        let error = |e: &dyn std::fmt::Display| JsError::new(&e.to_string());
+        let mut kept = self.state.borrow_mut();
+        let opened = kept
+            .volume
+            .clone()
+            .ok_or_else(|| JsError::new("no volume is open: open one first"))?;
+        let [ni, nj, nk] = opened.volume.geometry.dims;
+        let k = k as usize;
+        if k >= nk {
+            return Err(JsError::new(&format!(
+                "slice {k} is out of range (the volume has slices 0..={})",
+                nk.saturating_sub(1)
+            )));
+        }
+        let options = prompt_options(modality.as_deref(), level, width).map_err(|e| error(&e))?;
+        let intensity = intensity_of(&opened.volume, &options);
+        let volume_u8 = match &kept.view_u8 {
+            Some((had, v)) if *had == intensity => v.clone(),
+            _ => {
+                let v: Arc<[u8]> = volume_to_u8(&opened.volume.data, intensity).into();
+                kept.view_u8 = Some((intensity, v.clone()));
+                v
+            }
+        };
+        let n = ni * nj;
+        let out = Object::new();
+        let set = |key: &str, value: JsValue| {
+            Reflect::set(&out, &key.into(), &value)
+                .map(|_| ())
+                .map_err(|_| JsError::new("cannot build the result object"))
+        };
+        set("width", (ni as u32).into())?;
+        set("height", (nj as u32).into())?;
+        set(
+            "image",
+            Uint8Array::from(&volume_u8[k * n..(k + 1) * n]).into(),
+        )?;
+        let labels = kept
+            .prompt_labels
+            .as_ref()
+            .filter(|l| l.geometry.dims == opened.volume.geometry.dims)
+            .map_or(JsValue::NULL, |l| {
+                Uint16Array::from(&l.labels[k * n..(k + 1) * n]).into()
+            });
+        set("labels", labels)?;
+        Ok(out.into())
+    }
+
+    /// Runs box prompts on the kept volume with loaded promptable model `model_id`.
+    /// `request`: `{backend: "auto"|"webgpu"|"cpu", modality: "CT"|"MR"|null (guessed), window:
+    /// [level, width] (CT), prompts: [{box: [i0, j0, i1, j1], k, label} | {box3d: [i0, j0, k0,
+    /// i1, j1, k1], label}]}` (inclusive voxel indices, as `insitu prompt`); `on_progress(
+    /// "slice", done, total)` per decoded slice. Slices encoded and boxes decoded are kept for
+    /// the next call on the same volume (on the same device): sending the same prompts with
+    /// one box more costs that box. Resolves `{labels: Uint8Array (.nii.gz on the input's
+    /// grid), labels_like_input, like_input_extension, backend, adapter, reason, modality,
+    /// modality_guess (why, or null when given), stats: {intensity_ms, encoder_ms, decoder_ms,
+    /// encoded_slices, decoded_boxes, slices: [{prompt, k, encoder_ms, decoder_ms,
+    /// mask_pixels}]}, embedded_slices (the cache's), parameters, gflops (this call's),
+    /// wasm_heap_mb}`.
+    pub fn prompt(&self, model_id: String, request: JsValue, on_progress: Function) -> Promise {
+        let state = self.state.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            prompt_kept(&state, &model_id, request, &on_progress)
+                .await
+                .map_err(|e| JsError::new(&e).into())
+        })
     }
 
     /// Segments the kept volume with loaded model `model_id`. `options`: `{backend:
@@ -402,6 +519,7 @@ impl Insitu {
     /// (why auto chose the device, or null), fallback (why the run moved to the CPU, or null),
     /// timings_ms, n_classes, parameters, gflops, peak_tensor_mb, wasm_heap_mb}`.
     pub fn segment(&self, model_id: String, options: JsValue, on_progress: Function) -> Promise {
+        // (dense models; promptable ones run through `prompt`)
         let state = self.state.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             segment_kept(&state, &model_id, &options, &on_progress)
@@ -442,10 +560,13 @@ async fn segment_kept(
             .volume
             .clone()
             .ok_or("no volume is open: open one first")?;
-        let model = kept.models.get(model_id).cloned().ok_or_else(|| {
-            format!("model {model_id} is not loaded: send its files first (add_model)")
-        })?;
+        let model = loaded(&kept, model_id)?;
         (opened, model)
+    };
+    let Model::Dense(model) = &*model else {
+        return Err(format!(
+            "{model_id} is promptable: it segments what a box points at (prompt)"
+        ));
     };
     let choice: DeviceChoice =
         device::choose(request, CPU_MEMORY_BUDGET, worker_gpu(state)).await?;
@@ -455,7 +576,7 @@ async fn segment_kept(
         // The device's words (auto's reason) belong to this call, the weights to the cache.
         Some(p) => p,
         None => {
-            let p = Rc::new(Prepared::new(&model, choice.clone()));
+            let p = Rc::new(Prepared::new(model, choice.clone()));
             state.borrow_mut().prepared.insert(key, p.clone());
             p
         }
@@ -474,7 +595,7 @@ async fn segment_kept(
         other => report(other.name(), 0, 1),
     };
     let run = run::segment(
-        &model,
+        model,
         &prepared,
         CPU_MEMORY_BUDGET,
         &opened.volume,
@@ -485,7 +606,7 @@ async fn segment_kept(
     )
     .await
     .map_err(|e| e.to_string())?;
-    run_result(&run, &opened, &model, choice.reason.as_deref())
+    run_result(&run, &opened, model, choice.reason.as_deref())
         .map_err(|_| "cannot build the result object".to_string())
 }
 
@@ -525,4 +646,261 @@ fn run_result(
     set("peak_tensor_mb", mib(result.peak_tensor_bytes))?;
     set("wasm_heap_mb", mib(wasm_heap_bytes()))?;
     Ok(out.into())
+}
+
+fn loaded(kept: &Kept, model_id: &str) -> Result<Rc<Model>, String> {
+    kept.models
+        .get(model_id)
+        .cloned()
+        .ok_or_else(|| format!("model {model_id} is not loaded: send its files first (add_model)"))
+}
+
+/// A promptable model built on one device, and its cache for the kept volume (taken out
+/// while a run uses it).
+struct PromptableOnDevice {
+    model: LiteMedSam,
+    device: DeviceChoice,
+    cache: RefCell<Option<PromptCache>>,
+}
+
+/// What [`Insitu::prompt`] takes.
+#[derive(Deserialize)]
+struct PromptRequest {
+    #[serde(default)]
+    backend: Option<String>,
+    #[serde(default)]
+    modality: Option<String>,
+    #[serde(default)]
+    window: Option<[f64; 2]>,
+    prompts: Vec<PromptJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+enum PromptJson {
+    Box2d {
+        #[serde(rename = "box")]
+        ij: [usize; 4],
+        k: usize,
+        label: u16,
+    },
+    Box3d {
+        box3d: [usize; 6],
+        label: u16,
+    },
+}
+
+impl PromptJson {
+    fn prompt(&self) -> Prompt {
+        match *self {
+            PromptJson::Box2d { ij, k, label } => Prompt::Box2d { ij, k, label },
+            PromptJson::Box3d { box3d, label } => Prompt::Box3d { ijk: box3d, label },
+        }
+    }
+}
+
+/// `modality` "CT"|"MR" (any case), or None / "" for the guess; the CT window.
+fn prompt_options(modality: Option<&str>, level: f64, width: f64) -> Result<PromptOptions, String> {
+    let modality = match modality.map(str::trim) {
+        None | Some("") => None,
+        Some(m) if m.eq_ignore_ascii_case("ct") => Some(Modality::Ct),
+        Some(m) if m.eq_ignore_ascii_case("mr") => Some(Modality::Mr),
+        Some(m) => return Err(format!("unknown modality {m:?}: CT or MR")),
+    };
+    Ok(PromptOptions {
+        modality,
+        ct_window: CtWindow { level, width },
+    })
+}
+
+/// The intensity setting `options` give `volume` (the guess when no modality is given).
+fn intensity_of(volume: &Volume, options: &PromptOptions) -> Intensity {
+    let modality = options
+        .modality
+        .unwrap_or_else(|| sam::guess_modality(volume).0);
+    match modality {
+        Modality::Ct => Intensity::Ct {
+            level: options.ct_window.level,
+            width: options.ct_window.width,
+        },
+        Modality::Mr => Intensity::Mr,
+    }
+}
+
+/// The prompts `protocol` ("per-slice" or "3d") makes from reference labels (`bytes`, a
+/// label file called `name`, on the kept volume's grid): `[{box, k, label} | {box3d,
+/// label}]` with each label's own value, for [`Insitu::prompt`].
+#[wasm_bindgen]
+pub fn reference_prompts(bytes: &[u8], name: &str, protocol: &str) -> Result<JsValue, JsError> {
+    let error = |e: &dyn std::fmt::Display| JsError::new(&e.to_string());
+    let protocol = match protocol {
+        "per-slice" => BoxProtocol::PerSlice,
+        "3d" => BoxProtocol::Box3d,
+        other => {
+            return Err(JsError::new(&format!(
+                "unknown box protocol {other:?}: per-slice or 3d"
+            )))
+        }
+    };
+    let volume = pipeline::read_volume(bytes, name).map_err(|e| error(&e))?;
+    let reference = LabelMap::from_volume(&volume).map_err(|e| error(&format!("{name}: {e}")))?;
+    let prompts: Vec<serde_json::Value> = sam::boxes_from_reference(&reference, protocol)
+        .into_iter()
+        .map(|p| match p {
+            Prompt::Box2d { ij, k, label } => {
+                serde_json::json!({"box": ij, "k": k, "label": label})
+            }
+            Prompt::Box3d { ijk, label } => serde_json::json!({"box3d": ijk, "label": label}),
+        })
+        .collect();
+    to_js(&serde_json::json!({"prompts": prompts, "protocol": protocol.name()}))
+}
+
+async fn prompt_kept(
+    state: &Rc<RefCell<Kept>>,
+    model_id: &str,
+    request: JsValue,
+    on_progress: &Function,
+) -> Result<JsValue, String> {
+    let request: PromptRequest =
+        serde_wasm_bindgen::from_value(request).map_err(|e| format!("prompt request: {e}"))?;
+    let prompts: Vec<Prompt> = request.prompts.iter().map(PromptJson::prompt).collect();
+    let [level, width] = request
+        .window
+        .unwrap_or([sam::DEFAULT_CT_WINDOW.level, sam::DEFAULT_CT_WINDOW.width]);
+    let options = prompt_options(request.modality.as_deref(), level, width)?;
+    let device_request = DeviceRequest::parse(request.backend.as_deref().unwrap_or("auto"))?;
+    let (opened, model, serial) = {
+        let kept = state.borrow();
+        let opened = kept
+            .volume
+            .clone()
+            .ok_or("no volume is open: open one first")?;
+        (opened, loaded(&kept, model_id)?, kept.volume_serial)
+    };
+    let Model::Promptable(model) = &*model else {
+        return Err(format!(
+            "{model_id} is a dense model: it labels every voxel (segment)"
+        ));
+    };
+    sam::check_prompts(opened.volume.geometry.dims, &prompts)
+        .map_err(|e| format!("{}: {e}", opened.name))?;
+    let choice = device::choose(device_request, CPU_MEMORY_BUDGET, worker_gpu(state)).await?;
+    let key = (model_id.to_string(), choice.backend());
+    let cached = state.borrow().promptable.get(&key).cloned();
+    let on_device = match cached {
+        Some(m) => m,
+        None => {
+            let built = Rc::new(PromptableOnDevice {
+                model: model.on_device(&choice).map_err(|e| e.to_string())?,
+                device: choice.clone(),
+                cache: RefCell::new(None),
+            });
+            state.borrow_mut().promptable.insert(key, built.clone());
+            built
+        }
+    };
+    let mut cache = on_device.cache.borrow_mut().take().unwrap_or_default();
+    let total: usize = prompts
+        .iter()
+        .map(|p| match *p {
+            Prompt::Box2d { .. } => 1,
+            Prompt::Box3d { ijk, .. } => propagation_order(ijk[2], ijk[5]).len(),
+        })
+        .sum();
+    let mut done = 0u32;
+    let mut progress = |_: sam::Progress| {
+        done += 1;
+        let _ = on_progress.call3(
+            &JsValue::NULL,
+            &PROMPT_STAGE.into(),
+            &done.into(),
+            &(total as u32).into(),
+        );
+    };
+    let result = sam::segment(
+        &on_device.model,
+        &opened.volume,
+        &prompts,
+        &options,
+        &mut cache,
+        &js_sys::Date::now,
+        &mut progress,
+    )
+    .await
+    .map_err(|e| format!("{}: {e}", opened.name))?;
+    let embedded_slices = cache.embedded_slices();
+    let labels = Rc::new(result.labels.clone());
+    {
+        let mut kept = state.borrow_mut();
+        // kept only while the volume it was made from is
+        if kept.volume_serial == serial {
+            *on_device.cache.borrow_mut() = Some(cache);
+            kept.prompt_labels = Some(labels);
+        }
+    }
+    prompt_result(
+        &result,
+        &opened,
+        &on_device.device,
+        choice.reason.as_deref(),
+        model,
+        embedded_slices,
+    )
+    .map_err(|_| "cannot build the result object".to_string())
+}
+
+/// The progress stage of a prompt run (www/protocol.js `PROMPT_STAGES`): one per decoded slice.
+const PROMPT_STAGE: &str = "slice";
+
+/// The JS object [`Insitu::prompt`] resolves.
+fn prompt_result(
+    result: &sam::PromptSegmentation,
+    opened: &Opened,
+    device: &DeviceChoice,
+    reason: Option<&str>,
+    model: &run::PromptModel,
+    embedded_slices: usize,
+) -> Result<JsValue, JsValue> {
+    let stats = &result.stats;
+    let slices: Vec<serde_json::Value> = stats
+        .slices
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "prompt": s.prompt, "k": s.k, "encoder_ms": s.encoder_ms,
+                "decoder_ms": s.decoder_ms, "mask_pixels": s.mask_pixels,
+            })
+        })
+        .collect();
+    let summary = serde_json::json!({
+        "backend": device.backend(),
+        "adapter": device.adapter,
+        "reason": reason,
+        "modality": result.modality.name(),
+        "modality_guess": result.modality_guess,
+        "stats": {
+            "intensity_ms": stats.intensity_ms, "encoder_ms": stats.encoder_ms,
+            "decoder_ms": stats.decoder_ms, "encoded_slices": stats.encoded_slices,
+            "decoded_boxes": stats.decoded_boxes, "slices": slices,
+        },
+        "embedded_slices": embedded_slices,
+        "parameters": model.entry.parameters,
+        "gflops": sam::call_gflops(stats),
+        "wasm_heap_mb": wasm_heap_bytes() as f64 / 1048576.0,
+        "like_input_extension": opened.format.label_extension(),
+    });
+    let out = to_js(&summary).map_err(JsValue::from)?;
+    let bytes = |b: Vec<u8>| JsValue::from(Uint8Array::from(b.as_slice()));
+    Reflect::set(
+        &out,
+        &"labels".into(),
+        &bytes(nifti::write_labels(&result.labels, true)),
+    )?;
+    Reflect::set(
+        &out,
+        &"labels_like_input".into(),
+        &bytes(volume::write_labels_like(opened.format, &result.labels)),
+    )?;
+    Ok(out)
 }

@@ -1,7 +1,8 @@
 // The page: picks a volume and a model, runs the segmentation in a worker (www/worker.js),
 // shows the result in the viewer, and offers it for download. No framework: a few elements,
 // one `state` object, and functions that update both.
-import { HEAD_BYTES, OPS, STAGES as STAGE_SHARES } from './protocol.js';
+import { HEAD_BYTES, OPS, PROMPT_STAGES, STAGES as STAGE_SHARES } from './protocol.js';
+import { PromptPanel } from './prompt-panel.js';
 import { Viewer, ERROR_COLOURS } from './viewer.js';
 import {
   comparisonCsv,
@@ -63,6 +64,11 @@ const el = {
   exportCsv: $('export-csv'),
   exportJson: $('export-json'),
   exportHtml: $('export-html'),
+  promptPanel: $('prompt-panel'),
+  promptModel: $('prompt-model'),
+  referenceBoxes: $('reference-boxes'),
+  referenceProtocol: $('reference-protocol'),
+  promptStatus: $('prompt-status'),
 };
 
 const SAMPLE_URL = 'assets/data/t1_crop.nii.gz';
@@ -114,6 +120,10 @@ window.insitu = {
   /** Set by tests: keep the viewer's copy of the last volume opened in `lastView`. */
   keepView: false,
   lastView: null,
+  /** The box panel (tests draw through voxelToClient). */
+  get promptPanel() {
+    return promptPanel;
+  },
 };
 
 // ---- the worker -------------------------------------------------------------------------
@@ -235,14 +245,20 @@ const STAGE_TEXT = {
   layer: (d, t) => `Layer ${d} of ${t}`,
   postprocess: () => 'Cleaning up labels',
   native: () => 'Back to native space',
+  slice: (d, t) => `Slice ${d} of ${t}`,
 };
 
 /** Stage -> [text, progress at its start, progress at its end], in the protocol's order. */
-const STAGES = {};
-STAGE_SHARES.reduce((at, [name, share]) => {
-  STAGES[name] = [STAGE_TEXT[name], at, at + share];
-  return at + share;
-}, 0);
+function stageTable(shares) {
+  const table = {};
+  shares.reduce((at, [name, share]) => {
+    table[name] = [STAGE_TEXT[name], at, at + share];
+    return at + share;
+  }, 0);
+  return table;
+}
+const STAGES = stageTable(STAGE_SHARES);
+const PROMPT_STAGE_TABLE = stageTable(PROMPT_STAGES);
 
 /** A file name's base for derived files: no extension, nothing a file system may refuse. */
 function stem(fileName) {
@@ -319,14 +335,16 @@ function updateControls() {
   el.mappingJson.disabled = busy;
   el.toleranceInput.disabled = busy;
   el.evaluateButton.disabled = busy || !state.reference || state.runs.size === 0;
+  el.referenceBoxes.disabled = busy || !state.reference || !isPromptable(selectedModel());
+  el.runButton.hidden = isPromptable(selectedModel());
   el.errorsToggle.disabled = !state.result?.evaluation;
   for (const button of el.runs.querySelectorAll('button')) button.disabled = busy;
   for (const button of [el.exportCsv, el.exportJson, el.exportHtml]) button.disabled = busy || state.runs.size === 0;
 }
 
-function showStage(stage, done, total) {
+function showStage(stage, done, total, table = STAGES) {
   state.stage = stage;
-  const [text, start, end] = STAGES[stage] ?? [() => stage, el.progress.value, el.progress.value];
+  const [text, start, end] = table[stage] ?? [() => stage, el.progress.value, el.progress.value];
   const fraction = total > 0 ? Math.min(done / total, 1) : 0;
   el.progress.value = start + (end - start) * fraction;
   el.stage.textContent = `${text(done, total)}…`;
@@ -378,8 +396,7 @@ function showLegend(labels) {
 }
 
 function showModels(registry) {
-  // Promptable models (LiteMedSAM) run from the CLI (`insitu prompt`) until the page can draw boxes.
-  const models = registry.models.filter((m) => m.card?.kind !== 'promptable');
+  const models = registry.models;
   el.modelSelect.replaceChildren(
     ...models.map((m) => {
       const option = document.createElement('option');
@@ -539,6 +556,7 @@ async function loadVolume(name, readFiles, volume = null) {
     showVolumeInfo();
     showVolumeChooser();
     showFit();
+    showPromptPanel();
     showLegend(selectedModel()?.labels ?? []);
     window.insitu.lastView = window.insitu.keepView ? opened.view : null;
     if (viewer.running && opened.view) {
@@ -732,44 +750,193 @@ async function run() {
       updateControls();
     }
     const fileName = `${inputStem(input)}_${model.id}.nii.gz`;
-    const newRun = {
+    await addRun({
       ...value,
       id: model.id,
       modelId: model.id,
       modelName: model.name,
+      kind: 'task-specific',
+      prompts: null,
       inputName: input.name,
       fileName,
       labelInfo: model.labels,
       evaluation: null,
-    };
-    state.runs.delete(model.id); // a rerun of a model replaces its run, and moves it last
-    state.runs.set(model.id, newRun);
+    });
     offline.keepModel(model); // for offline use
-    el.progress.value = 1;
-    el.stage.textContent = 'Done.';
-    if (state.reference) {
-      el.stage.textContent = 'Evaluating…';
-      try {
-        newRun.evaluation = await evaluateRun(newRun, state.reference, state.evalSettings);
-        el.stage.textContent = 'Done.';
-      } catch (err) {
-        showError(`The segmentation worked, but its evaluation failed: ${err.message ?? err}`);
-      }
-    }
-    await selectRun(model.id);
   } catch (err) {
-    if (err instanceof Cancelled) {
-      el.progress.value = 0;
-      el.stage.textContent = `Cancelled ${model.name}; the volume and earlier runs are kept.`;
-    } else {
-      showError(await offline.runError(err, model));
-      el.stage.textContent = 'Failed.';
-    }
+    await runFailed(err, model);
   } finally {
     state.running = false;
     updateControls();
     store.save(state);
   }
+}
+
+/** Adds a finished run (a rerun of the same id replaces it, and moves it last), evaluates it
+ *  against the reference when there is one, and selects it. */
+async function addRun(newRun) {
+  state.runs.delete(newRun.id);
+  state.runs.set(newRun.id, newRun);
+  el.progress.value = 1;
+  el.stage.textContent = 'Done.';
+  if (state.reference) {
+    el.stage.textContent = 'Evaluating…';
+    try {
+      newRun.evaluation = await evaluateRun(newRun, state.reference, state.evalSettings);
+      el.stage.textContent = 'Done.';
+    } catch (err) {
+      showError(`The segmentation worked, but its evaluation failed: ${err.message ?? err}`);
+    }
+  }
+  await selectRun(newRun.id);
+}
+
+async function runFailed(err, model) {
+  if (err instanceof Cancelled) {
+    el.progress.value = 0;
+    el.stage.textContent = `Cancelled ${model.name}; the volume and earlier runs are kept.`;
+  } else {
+    showError(await offline.runError(err, model));
+    el.stage.textContent = 'Failed.';
+  }
+}
+
+function isPromptable(model) {
+  return model?.card?.kind === 'promptable';
+}
+
+const promptPanel = new PromptPanel(
+  {
+    canvas: $('slice-canvas'),
+    slice: $('slice-input'),
+    sliceText: $('slice-text'),
+    intensity: $('intensity-select'),
+    objects: $('prompt-objects'),
+    addObject: $('add-object'),
+    from: $('propagate-from'),
+    to: $('propagate-to'),
+    propagate: $('propagate'),
+    clear: $('clear-prompts'),
+    status: el.promptStatus,
+  },
+  {
+    sliceImage: async (request) => {
+      await core.ensureOpen(state.input);
+      return core.call(OPS.sliceImage, request);
+    },
+    onChange: () => runPrompts(),
+  },
+);
+
+/** Shows the box panel while a promptable model and a volume are chosen (a new volume starts
+ *  with one empty object and the model's guess of its modality). */
+async function showPromptPanel() {
+  const model = selectedModel();
+  const input = state.input;
+  el.promptPanel.hidden = !(isPromptable(model) && input);
+  el.cropInput.closest('label').hidden = isPromptable(model);
+  if (el.promptPanel.hidden || promptPanel.input === input) return;
+  el.promptModel.textContent = model.name;
+  try {
+    await core.ensureOpen(input);
+    const guess = await core.call(OPS.guessModality, {});
+    promptPanel.input = input;
+    promptPanel.reset(input.info.dims, guess);
+  } catch (err) {
+    showError(err);
+  }
+}
+
+/** "encoder 2 slices 9.10 s (1 cached) · decoder 3 boxes 0.61 s (1 cached)". */
+function promptSummary({ stats, backend }) {
+  // slices whose embedding was cached, boxes whose mask was
+  const cached = (key) => new Set(stats.slices.filter((s) => s[key] === null).map((s) => (key === 'encoder_ms' ? s.k : s))).size;
+  return [
+    `encoder ${stats.encoded_slices} slice(s) ${formatSeconds(stats.encoder_ms)}` + (cached('encoder_ms') ? ` (${cached('encoder_ms')} cached)` : ''),
+    `decoder ${stats.decoded_boxes} box(es) ${formatSeconds(stats.decoder_ms)}` + (cached('decoder_ms') ? ` (${cached('decoder_ms')} cached)` : ''),
+    `on ${BACKEND_NAMES[backend] ?? backend}`,
+  ].join(' · ');
+}
+
+/**
+ * Runs the panel's prompts with the promptable model (the worker keeps embeddings and masks, so
+ * a new box costs its own decoding only). `protocol` ({key, text}) marks prompts made from the
+ * reference: that run is kept beside the drawn one, and compared label for label.
+ */
+async function runPrompts(protocol = null) {
+  const input = state.input;
+  const model = selectedModel();
+  if (state.running || !input || !isPromptable(model)) return;
+  const prompts = promptPanel.prompts();
+  if (!prompts.length) {
+    el.promptStatus.textContent = 'No boxes yet: drag one on the slice.';
+    return;
+  }
+  clearError();
+  state.running = true;
+  state.segmenting = true;
+  updateControls();
+  el.progress.value = 0;
+  const request = { backend: el.backendSelect.value, ...promptPanel.intensity(), prompts };
+  try {
+    await core.ensureOpen(input);
+    const value = await core
+      .call(OPS.prompt, { modelId: model.id, request, base: document.baseURI }, ({ stage, done, total }) =>
+        showStage(stage, done, total, PROMPT_STAGE_TABLE),
+      )
+      .finally(() => {
+        state.segmenting = false;
+        updateControls();
+      });
+    const { stats } = value;
+    const id = protocol ? `${model.id}-${protocol.key}` : model.id;
+    el.promptStatus.textContent = promptSummary(value);
+    await addRun({
+      ...value,
+      id,
+      modelId: model.id,
+      modelName: protocol ? `${model.name} (boxes from the reference)` : model.name,
+      kind: 'generalist',
+      prompts: protocol ? protocol.text : `${prompts.length} drawn prompt(s)`,
+      labelsAreReference: Boolean(protocol),
+      timings_ms: { total: stats.intensity_ms + stats.encoder_ms + stats.decoder_ms, encoder: stats.encoder_ms, decoder: stats.decoder_ms },
+      n_classes: promptPanel.objects.length + 1,
+      peak_tensor_mb: null,
+      inputName: input.name,
+      fileName: `${inputStem(input)}_${id}.nii.gz`,
+      labelInfo: promptPanel.labels(),
+      evaluation: null,
+    });
+    offline.keepModel(model);
+    await promptPanel.showSlice();
+  } catch (err) {
+    await runFailed(err, model);
+  } finally {
+    state.running = false;
+    updateControls();
+    store.save(state);
+  }
+}
+
+/** Prompts every reference label with its bounding box(es) (the MedSAM-on-laptop protocol). */
+async function referenceBoxes() {
+  if (!state.reference || state.running) return;
+  const key = el.referenceProtocol.value;
+  let made;
+  clearError();
+  state.running = true; // until the run starts
+  updateControls();
+  try {
+    made = await core.call(OPS.referencePrompts, { reference: state.reference.bytes, referenceName: state.reference.name, protocol: key });
+    if (!made.prompts.length) throw new Error(`${state.reference.name} has no labels above 0: there is nothing to draw boxes around.`);
+  } catch (err) {
+    return showError(err);
+  } finally {
+    state.running = false;
+    updateControls();
+  }
+  promptPanel.setReferencePrompts(made.prompts);
+  await runPrompts({ key, text: made.protocol });
 }
 
 /** One segmentation in the worker, the volume sent first when the worker does not hold it. */
@@ -905,10 +1072,11 @@ async function evaluateRun(run, reference, settings) {
     predName: run.fileName,
     reference: reference.bytes,
     referenceName: reference.name,
-    mapping: settings.mapping,
+    mapping: run.labelsAreReference ? '' : settings.mapping, // labelled with the reference's own values
     toleranceMm: settings.toleranceMm,
   });
-  return { ...value, referenceName: reference.name, mapping: settings.mapping, toleranceMm: settings.toleranceMm };
+  const mapping = run.labelsAreReference ? '' : settings.mapping;
+  return { ...value, referenceName: reference.name, mapping, toleranceMm: settings.toleranceMm };
 }
 
 /**
@@ -1115,6 +1283,7 @@ el.downloadLikeInput.addEventListener('click', () => download(true));
 el.modelSelect.addEventListener('change', () => {
   showModelInfo();
   showFit();
+  showPromptPanel();
   if (!state.result) showLegend(selectedModel()?.labels ?? []);
   updateControls();
 });
@@ -1125,6 +1294,7 @@ el.referenceInput.addEventListener('change', () => {
 });
 el.mappingSelect.addEventListener('change', mappingChanged);
 el.evaluateButton.addEventListener('click', applyEvaluation);
+el.referenceBoxes.addEventListener('click', referenceBoxes);
 el.errorsToggle.addEventListener('change', showErrors);
 el.exportCsv.addEventListener('click', () => exportComparison('csv'));
 el.exportJson.addEventListener('click', () => exportComparison('json'));

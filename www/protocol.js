@@ -34,6 +34,19 @@ export const OPS = Object.freeze({
   fit: 'fit',
   /** {pred, predName, reference, referenceName, mapping, toleranceMm} -> {report, csv, errorMap} */
   evaluate: 'evaluate',
+  /** {modelId, request: {backend, modality, window, prompts: [{box, k, label} | {box3d, label}]},
+   *  base} -> the prompt run (labels, backend, modality, stats: {encoder_ms, decoder_ms,
+   *  encoded_slices, decoded_boxes, slices}, ...; src/wasm.rs `Insitu::prompt`). The worker keeps
+   *  embeddings and masks for the next call on the same volume. */
+  prompt: 'prompt',
+  /** {k, modality, level, width} -> {width, height, image (uint8, rows j), labels (uint16 | null):
+   *  the last prompt run's labels on slice k} */
+  sliceImage: 'slice-image',
+  /** {} -> {modality: 'CT'|'MR', why}: how a promptable model reads the held volume unless told */
+  guessModality: 'guess-modality',
+  /** {reference: bytes, referenceName, protocol: 'per-slice'|'3d'} -> {prompts, protocol}: each
+   *  reference label's bounding box(es), labelled with its value (the challenge's protocol) */
+  referencePrompts: 'reference-prompts',
   /** Test hook: destroys the worker's WebGPU devices, as a lost GPU would. -> {destroyed} */
   loseGpu: 'lose-gpu',
 });
@@ -48,4 +61,12 @@ export const STAGES = Object.freeze([
   ['layer', 0.72],
   ['postprocess', 0.04],
   ['native', 0.04],
+]);
+
+/** Progress stages of a prompt run: the worker's download and verify, then the core's one
+ *  stage per decoded slice (src/wasm.rs `PROMPT_STAGE`). */
+export const PROMPT_STAGES = Object.freeze([
+  ['download', 0.1],
+  ['verify', 0.02],
+  ['slice', 0.88],
 ]);

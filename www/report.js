@@ -2,13 +2,16 @@
 // bar chart (inline SVG), the comparison of runs, and the exports (CSV, JSON, a self-contained
 // HTML report). Pure functions of the runs; the page (main.js) and the HTML report share them.
 //
-// A run: {id, modelId, modelName, backend, adapter, timings_ms, parameters, gflops,
+// A run: {id, modelId, modelName, kind ('task-specific' | 'generalist'), prompts (how a
+//         generalist was prompted, or null), backend, adapter, timings_ms, parameters, gflops,
 //         peak_tensor_mb, wasm_heap_mb, labelInfo: [{value, name, rgb}],
 //         evaluation: null | {report (metrics::Report JSON), referenceName, mapping, toleranceMm}}
 
 export const CSV_COLUMNS = [
   'run',
   'model',
+  'kind',
+  'prompts',
   'label',
   'name',
   'dice',
@@ -160,7 +163,10 @@ export function comparisonTable(runs, selectedId = null) {
     `<tr data-row="${escapeHtml(key)}"><th scope="row">${escapeHtml(title)}</th>${runs.map(cell).join('')}</tr>`;
   const plainCell = (value, digits) =>
     value === null || value === undefined ? '<td class="num" data-value="">–</td>' : numberCell(value, digits);
+  const text = (value) => `<td data-value="${escapeHtml(value ?? '')}">${escapeHtml(value ?? '–')}</td>`;
   const rows = [
+    row('Kind', 'kind', (r) => text(r.kind)),
+    row('Prompts', 'prompts', (r) => text(r.prompts)),
     row('Backend', 'backend', (r) => `<td data-value="${escapeHtml(r.backend)}">${escapeHtml(r.backend)}</td>`),
     row('Runtime (ms)', 'runtime_ms', (r) => plainCell(runtime(r), 0)),
     row('Peak tensor memory (MB)', 'peak_tensor_mb', (r) => plainCell(r.peak_tensor_mb, 1)),
@@ -192,6 +198,8 @@ export function comparisonRecords(runs) {
     const common = {
       run: run.id,
       model: run.modelName,
+      kind: run.kind ?? null,
+      prompts: run.prompts ?? null,
       runtime_ms: runtime(run),
       parameters: run.parameters ?? null,
       gflops: run.gflops ?? null,
@@ -254,6 +262,8 @@ export function comparisonJson(runs, { caseName, referenceName }) {
       run: r.id,
       model: r.modelName,
       model_id: r.modelId,
+      kind: r.kind ?? null,
+      prompts: r.prompts ?? null,
       backend: r.backend,
       adapter: r.adapter ?? null,
       runtime_ms: runtime(r),

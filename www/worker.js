@@ -9,6 +9,7 @@ import init, {
   mapping_presets_json,
   memory_need,
   list_series_heads,
+  reference_prompts,
 } from '../pkg/insitu.js';
 import { OPS } from './protocol.js';
 
@@ -138,6 +139,14 @@ async function fetchModel(model, base, progress) {
   return files;
 }
 
+/** Loads model `modelId` into the core unless it holds it, its files fetched from `base`. */
+async function ensureModel(modelId, base, progress) {
+  await ready;
+  const model = registry.models.find((m) => m.id === modelId);
+  if (!model) throw new Error(`Unknown model ${modelId}.`);
+  if (!core.has_model(modelId)) core.add_model(modelId, await fetchModel(model, base, progress));
+}
+
 /** [[name, bytes]] -> the Map<name, Uint8Array> the core takes. */
 function fileMap(files) {
   return new Map(files.map(([name, bytes]) => [name, new Uint8Array(bytes)]));
@@ -165,10 +174,7 @@ const ops = {
   },
 
   async [OPS.segment]({ modelId, options, base }, progress) {
-    await ready;
-    const model = registry.models.find((m) => m.id === modelId);
-    if (!model) throw new Error(`Unknown model ${modelId}.`);
-    if (!core.has_model(modelId)) core.add_model(modelId, await fetchModel(model, base, progress));
+    await ensureModel(modelId, base, progress);
     const r = await core.segment(modelId, options, progress);
     // Copy the fields out: the result may be a wasm-bindgen object the page cannot receive.
     return {
@@ -186,6 +192,33 @@ const ops = {
       peak_tensor_mb: r.peak_tensor_mb,
       wasm_heap_mb: r.wasm_heap_mb,
     };
+  },
+
+  async [OPS.prompt]({ modelId, request, base }, progress) {
+    await ensureModel(modelId, base, progress);
+    const r = await core.prompt(modelId, request, progress);
+    return {
+      ...plain(r),
+      labels: new Uint8Array(r.labels),
+      labelsLikeInput: new Uint8Array(r.labels_like_input),
+      likeInputExtension: r.like_input_extension,
+    };
+  },
+
+  async [OPS.sliceImage]({ k, modality, level, width }) {
+    await ready;
+    const r = core.slice_image(k, modality ?? undefined, level, width);
+    return { width: r.width, height: r.height, image: new Uint8Array(r.image), labels: r.labels ? new Uint16Array(r.labels) : null };
+  },
+
+  async [OPS.guessModality]() {
+    await ready;
+    return plain(core.guess_modality());
+  },
+
+  async [OPS.referencePrompts]({ reference, referenceName, protocol }) {
+    await ready;
+    return plain(reference_prompts(new Uint8Array(reference), referenceName, protocol));
   },
 
   async [OPS.fit]({ modelId }) {
@@ -212,7 +245,7 @@ onmessage = async ({ data }) => {
     if (!ops[op]) throw new Error(`Unknown operation ${op}.`);
     const value = await ops[op](args, progress);
     const transfer = Object.values(value ?? {})
-      .filter((v) => v instanceof Uint8Array)
+      .filter((v) => v instanceof Uint8Array || v instanceof Uint16Array)
       .map((v) => v.buffer);
     postMessage({ id, ok: true, value }, transfer);
   } catch (err) {

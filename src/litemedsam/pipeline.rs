@@ -224,8 +224,8 @@ pub struct PromptStats {
 }
 
 /// Floating-point operations of one encoder pass (one slice) and of one prompt encoder +
-/// mask decoder call, in GFLOP: PyTorch's `FlopCounterMode` on the reference model
-/// (scripts/bench_litemedsam.py prints them; a multiply-add counts as two).
+/// mask decoder call, in GFLOP: the figures the project's issue 8 gives for LiteMedSAM (a
+/// multiply-add counts as two); not counted by insitu itself.
 pub const ENCODER_GFLOP: f64 = 75.0;
 pub const DECODER_GFLOP: f64 = 3.6;
 

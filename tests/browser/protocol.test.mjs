@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT } from './helpers.mjs';
-import { OPS, STAGES } from '../../www/protocol.js';
+import { OPS, PROMPT_STAGES, STAGES } from '../../www/protocol.js';
 
 const read = (path) => readFileSync(join(ROOT, path), 'utf8');
 
@@ -23,6 +23,14 @@ test("the protocol's stages are the core's stages and the worker's, each once", 
   assert.equal(new Set(listed).size, listed.length, 'no stage is listed twice');
   assert.deepEqual(new Set(listed), new Set([...worker, ...core]), 'protocol.js lists exactly what is emitted');
   const shares = STAGES.reduce((sum, [, share]) => sum + share, 0);
+  assert.ok(Math.abs(shares - 1) < 1e-9, `the progress shares add up to 1 (${shares})`);
+});
+
+test("a prompt run's stages are the worker's and the core's one per slice", () => {
+  const stage = /const PROMPT_STAGE: &str = "([a-z_]+)";/.exec(read('src/wasm.rs'))?.[1];
+  assert.ok(stage, "found the core's prompt stage in src/wasm.rs");
+  assert.deepEqual(PROMPT_STAGES.map(([name]) => name), ['download', 'verify', stage]);
+  const shares = PROMPT_STAGES.reduce((sum, [, share]) => sum + share, 0);
   assert.ok(Math.abs(shares - 1) < 1e-9, `the progress shares add up to 1 (${shares})`);
 });
 
