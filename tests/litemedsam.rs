@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::litemedsam::{expected, gunzip, unpack_bits};
+use common::litemedsam::{cases as cases_of, expected, gunzip, unpack_bits};
 
 use insitu::litemedsam::preprocess::{
     box_from_neighbour_mask, box_to_256, encoder_input, plane, propagation_order, resize_area,
@@ -116,12 +116,7 @@ fn resize_area_equals_opencv() {
 #[test]
 fn two_d_cases_preprocess_bit_exact() {
     let expected = expected();
-    let cases: Vec<&Value> = expected["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["kind"] == "2d")
-        .collect();
+    let cases = cases_of(&expected, "2d");
     assert!(cases.len() >= 6, "at least six 2-D cases");
     for case in cases {
         let name = case["name"].as_str().unwrap();

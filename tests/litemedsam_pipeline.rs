@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::litemedsam::{dice, expected, gunzip, unpack_bits};
+use common::litemedsam::{cases as cases_of, dice, expected, gunzip, unpack_bits};
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -204,12 +204,7 @@ fn every_2d_case_matches_pytorch() {
 #[test]
 fn a_kept_cache_encodes_a_slice_once_across_calls() {
     let expected = expected();
-    let cases: Vec<&Value> = expected["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["kind"] == "2d")
-        .collect();
+    let cases = cases_of(&expected, "2d");
     // two boxes on one slice of one volume
     let (first, second) = cases
         .iter()

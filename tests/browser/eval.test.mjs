@@ -26,7 +26,7 @@ const SECOND_MODEL = 'tissue_gw_tfjs';
 const SCREENSHOT = '/tmp/insitu-eval.png';
 const RUN_TIMEOUT_MS = 10 * 60_000;
 const CSV_HEADER =
-  'run,model,label,name,dice,iou,hd95,assd,nsd,vol_pred_ml,vol_ref_ml,runtime_ms,parameters,gflops,peak_tensor_mb,backend';
+  'run,model,kind,prompts,label,name,dice,iou,hd95,assd,nsd,vol_pred_ml,vol_ref_ml,runtime_ms,parameters,gflops,peak_tensor_mb,backend';
 
 const HOW_TO_RUN = `
 Prepare and run it like this (from the repository root):
@@ -202,6 +202,7 @@ test('evaluates two runs against a reference, same metrics as the CLI; compares 
       assertClose(cellNumber(row[metric]), cellNumber(table[label][metric]), `CSV ${MODEL} label ${label} ${metric}`);
     }
     assert.equal(row.backend, 'cpu');
+    assert.equal(row.kind, 'task-specific', 'a MeshNet run is marked task-specific');
   }
   const compared = await page.$$eval('[data-testid=compare-table] tbody tr', (trs) =>
     Object.fromEntries(trs.map((tr) => [tr.dataset.row, [...tr.querySelectorAll('td')].map((td) => td.dataset.value)])),

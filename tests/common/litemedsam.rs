@@ -15,6 +15,16 @@ pub fn expected() -> Value {
     serde_json::from_str(&text).expect("expected.json parses")
 }
 
+/// The cases of `kind` ("2d" or "3d"), in the fixture's order.
+pub fn cases<'a>(expected: &'a Value, kind: &str) -> Vec<&'a Value> {
+    expected["cases"]
+        .as_array()
+        .expect("expected.json has cases")
+        .iter()
+        .filter(|c| c["kind"] == kind)
+        .collect()
+}
+
 /// A gzipped fixture file's bytes.
 pub fn gunzip(name: &str) -> Vec<u8> {
     let path = fixture_dir().join(name);
