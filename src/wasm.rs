@@ -458,7 +458,7 @@ impl Insitu {
             )));
         }
         let options = prompt_options(modality.as_deref(), level, width).map_err(|e| error(&e))?;
-        let intensity = intensity_of(&opened.volume, &options);
+        let (intensity, _, _) = options.intensity(&opened.volume);
         let volume_u8 = match &kept.view_u8 {
             Some((had, v)) if *had == intensity => v.clone(),
             _ => {
@@ -711,20 +711,6 @@ fn prompt_options(modality: Option<&str>, level: f64, width: f64) -> Result<Prom
         modality,
         ct_window: CtWindow { level, width },
     })
-}
-
-/// The intensity setting `options` give `volume` (the guess when no modality is given).
-fn intensity_of(volume: &Volume, options: &PromptOptions) -> Intensity {
-    let modality = options
-        .modality
-        .unwrap_or_else(|| sam::guess_modality(volume).0);
-    match modality {
-        Modality::Ct => Intensity::Ct {
-            level: options.ct_window.level,
-            width: options.ct_window.width,
-        },
-        Modality::Mr => Intensity::Mr,
-    }
 }
 
 /// The prompts `protocol` ("per-slice" or "3d") makes from reference labels (`bytes`, a

@@ -168,6 +168,28 @@ pub struct PromptOptions {
     pub ct_window: CtWindow,
 }
 
+impl PromptOptions {
+    /// How `volume`'s intensities become uint8 under these options: the setting, the modality,
+    /// and why it was guessed (None when given).
+    pub fn intensity(&self, volume: &Volume) -> (Intensity, Modality, Option<String>) {
+        let (modality, guess) = match self.modality {
+            Some(m) => (m, None),
+            None => {
+                let (m, why) = guess_modality(volume);
+                (m, Some(why))
+            }
+        };
+        let intensity = match modality {
+            Modality::Ct => Intensity::Ct {
+                level: self.ct_window.level,
+                width: self.ct_window.width,
+            },
+            Modality::Mr => Intensity::Mr,
+        };
+        (intensity, modality, guess)
+    }
+}
+
 impl Default for PromptOptions {
     fn default() -> Self {
         PromptOptions {
@@ -394,17 +416,7 @@ pub async fn segment(
             "level {level}, width {width}: the width must be positive"
         )));
     }
-    let (modality, modality_guess) = match options.modality {
-        Some(m) => (m, None),
-        None => {
-            let (m, why) = guess_modality(volume);
-            (m, Some(why))
-        }
-    };
-    let intensity = match modality {
-        Modality::Ct => Intensity::Ct { level, width },
-        Modality::Mr => Intensity::Mr,
-    };
+    let (intensity, modality, modality_guess) = options.intensity(volume);
     let mut stats = PromptStats::default();
     let started = now();
     let volume_u8 = cache.volume_u8(volume, intensity);
